@@ -1,0 +1,170 @@
+"""Command line: `python -m captioning {caption,evaluate,build-vocab,download,train,extract-features}`.
+
+Every subcommand has --help. Bad arguments or inputs exit non-zero with one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from captioning.backbones import BackboneError
+from captioning.checkpoint import CheckpointError
+from captioning.data import CocoSplit, DatasetError, ImageLoadError, load_image
+from captioning.inference import DEFAULT_CHECKPOINT, METHODS
+
+USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageLoadError, ValueError, FileNotFoundError)
+
+
+def _load_captioner(path: Path, device: str = "auto"):
+    from captioning.inference import Captioner
+
+    if not Path(path).is_file() and Path(path) == DEFAULT_CHECKPOINT:
+        raise CheckpointError(
+            f"no default model at {path}; pass --checkpoint runs/NAME/best.pt, or train one with "
+            "python -m captioning train"
+        )
+    return Captioner.from_checkpoint(path, device=device)
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=METHODS, default="beam", help="decoding (default: beam)")
+    p.add_argument("--beam-size", type=int, default=3, help="beams for --method beam (default: 3)")
+    p.add_argument("--max-len", type=int, default=20, help="most words in a caption (default: 20)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    captioner = _load_captioner(args.checkpoint, args.device)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except ImageLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        cap = captioner.caption([image], args.method, args.beam_size, args.max_len)[0]
+        if args.json:
+            results.append(
+                {
+                    "image": str(path),
+                    "caption": cap.text,
+                    "score": cap.score,
+                    "logprob": cap.logprob,
+                    "words": [{"word": w, "prob": p} for w, p in zip(cap.words, cap.word_probs)],
+                    "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
+                }
+            )
+        else:
+            print(f"{path}: {cap.text}" if len(args.images) > 1 else cap.text)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from captioning.evaluate import evaluate
+
+    captioner = _load_captioner(args.checkpoint, args.device)
+    split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
+    n = min(len(split), args.limit) if args.limit else len(split)
+    with tqdm(total=n, desc=f"captioning {args.split}", unit="img", disable=args.json or None) as bar:
+        scores, _, notes = evaluate(
+            captioner,
+            split,
+            args.method,
+            args.beam_size,
+            args.max_len,
+            args.limit,
+            meteor=False if args.no_meteor else None,
+            on_batch=lambda done, total: bar.update(done - bar.n),
+        )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for k, v in scores.items():
+            print(f"{k:8s} {v:.4f}" if k != "images" else f"{k:8s} {v}")
+    return 0
+
+
+def cmd_build_vocab(args: argparse.Namespace) -> int:
+    from captioning.vocab import Vocabulary
+
+    split = CocoSplit.load(args.coco_root, args.split, args.ids_file, check_files=False)
+    vocab = Vocabulary.build(split.all_captions(), args.threshold)
+    vocab.save(args.out)
+    print(f"{len(vocab)} words (threshold {args.threshold}, {len(split)} images) -> {args.out}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("caption", help="caption image files")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--json", action="store_true", help="print JSON with scores and alternatives")
+    _add_decoding(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("evaluate", help="COCO metrics of a checkpoint on a split")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--coco-root", type=Path, required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--ids-file", type=Path)
+    p.add_argument("--limit", type=_positive, help="only the first N images")
+    p.add_argument("--json", action="store_true", help="print one JSON object of scores")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~7 s of Java)")
+    _add_decoding(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build-vocab", help="build a vocabulary JSON from a split's captions")
+    p.add_argument("--coco-root", type=Path, required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--ids-file", type=Path)
+    p.add_argument("--threshold", type=_positive, default=5, help="minimum word count (default: 5)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_build_vocab)
+
+    from captioning.download import add_download_parser
+
+    add_download_parser(sub)
+    try:
+        from captioning.train_cli import add_train_parsers
+    except ImportError:  # pragma: no cover - training module not present
+        pass
+    else:
+        add_train_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    from captioning.download import DownloadError
+
+    try:
+        return args.func(args)
+    except (*USER_ERRORS, DownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,187 @@
+"""COCO caption splits, robust image loading and caption batching.
+
+A COCO root holds splits: split NAME is `annotations/captions_NAME.json` plus the folder `NAME/`.
+That reads the official layout (`train2017`, `val2017`) and the project's sample (`train`, `val`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
+DOWNLOAD_HINT = "python -m captioning download --dest {root} --split val2017"
+
+
+class DatasetError(ValueError):
+    """A COCO root or split that cannot be read; the message says what to do."""
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be decoded; the message names the file and the reason."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some images of a split were missing or unreadable and were left out."""
+
+
+def warn_skipped(what: str, names: list[str], reason: str) -> None:
+    """One warning that counts the skipped images and names the first few."""
+    if names:
+        first = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        warnings.warn(
+            f"{len(names)} image(s) of {what} {reason} and were skipped: {first}", SkippedImagesWarning, stacklevel=2
+        )
+
+
+def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
+    """Open an image file or bytes as an upright RGB PIL image.
+
+    Applies the EXIF orientation; converts grayscale, CMYK, palette, alpha and 16-bit images to
+    8-bit RGB (transparent areas on white). Raises ImageLoadError with a clear reason.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "the uploaded file"
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageLoadError(f"{name} is empty (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"{name} is too large to decode safely ({w}x{h} pixels; the limit is "
+                    f"{MAX_PIXELS // 1_000_000} megapixels)"
+                )
+            image.load()
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"{name} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(f"{name} is too large to decode safely") from None
+    except Exception as exc:  # PIL raises many types for corrupt data
+        reason = "not an image PIL can read" if "cannot identify" in str(exc) else f"corrupt or truncated ({exc})"
+        raise ImageLoadError(f"{name} is {reason}") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> upright 8-bit RGB."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def split_paths(root: Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split."""
+    root = Path(root)
+    return root / "annotations" / f"captions_{split}.json", root / split
+
+
+def available_splits(root: Path) -> list[str]:
+    """Split names under `root` that have both an annotation file and an image folder."""
+    ann = Path(root) / "annotations"
+    names = [p.stem.removeprefix("captions_") for p in sorted(ann.glob("captions_*.json"))]
+    return [n for n in names if (Path(root) / n).is_dir()]
+
+
+def read_ids_file(path: Path) -> list[int]:
+    """Image ids, one per line or a JSON list."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        return [int(x) for x in (json.loads(text) if text.startswith("[") else text.split())]
+    except ValueError as exc:
+        raise DatasetError(f"{path} must hold image ids, one per line or a JSON list ({exc})") from None
+
+
+@dataclass
+class CocoSplit:
+    """The images and reference captions of one split, read with pycocotools."""
+
+    root: Path
+    split: str
+    ids: list[int]
+    files: dict[int, Path]
+    captions: dict[int, list[str]]
+
+    @classmethod
+    def load(cls, root: Path, split: str, ids_file: Path | None = None, check_files: bool = True) -> CocoSplit:
+        from pycocotools.coco import COCO
+
+        root = Path(root)
+        ann_file, image_dir = split_paths(root, split)
+        if not ann_file.is_file():
+            have = available_splits(root) if root.is_dir() else []
+            raise DatasetError(
+                f"no annotations for split {split!r}: expected {ann_file}"
+                + (f" (splits here: {', '.join(have)})" if have else "")
+                + f". To fetch COCO: {DOWNLOAD_HINT.format(root=root)}"
+            )
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco = COCO(str(ann_file))
+        except Exception as exc:
+            raise DatasetError(f"{ann_file} is not a COCO captions file ({exc})") from None
+        ids = sorted(coco.imgs)
+        if ids_file is not None:
+            wanted = read_ids_file(ids_file)
+            unknown = [i for i in wanted if i not in coco.imgs]
+            if unknown:
+                raise DatasetError(f"{len(unknown)} id(s) in {ids_file} are not in split {split}: {unknown[:5]}")
+            ids = sorted(set(wanted))
+        files = {i: image_dir / coco.imgs[i]["file_name"] for i in ids}
+        captions = {i: [a["caption"].strip() for a in coco.imgToAnns.get(i, [])] for i in ids}
+        ids = [i for i in ids if captions[i]]
+        if check_files:
+            missing = [i for i in ids if not files[i].is_file()]
+            warn_skipped(f"split {split}", [files[i].name for i in missing], "are missing")
+            ids = [i for i in ids if i not in set(missing)]
+        if not ids:
+            raise DatasetError(f"split {split} under {root} has no images with captions on disk")
+        return cls(root, split, ids, files, captions)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def all_captions(self) -> list[str]:
+        return [c for i in self.ids for c in self.captions[i]]
+
+
+def collate_captions(
+    batch: list[tuple[torch.Tensor, list[int]]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack inputs and pad captions, longest first.
+
+    Args:
+        batch: (input tensor, caption ids starting with <start> and ending with <end>) pairs;
+            an input may be an image (3, S, S) or cached features (C,) / (N, C).
+    Returns:
+        inputs (B, ...), captions (B, T) padded with 0 (`<pad>`), lengths (B,).
+    """
+    batch = sorted(batch, key=lambda item: len(item[1]), reverse=True)
+    inputs = torch.stack([x for x, _ in batch])
+    lengths = torch.tensor([len(c) for _, c in batch], dtype=torch.long)
+    captions = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+    for row, (_, cap) in enumerate(batch):
+        captions[row, : len(cap)] = torch.as_tensor(cap, dtype=torch.long)
+    return inputs, captions, lengths

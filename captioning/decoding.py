@@ -1,0 +1,189 @@
+"""Greedy and beam-search decoding, batched over images. Pure tensor code: no files, no globals.
+
+Both work with any decoder that has `init_state(feats) -> state` and
+`step(tokens, state) -> (log_probs (B, V), state, attention (B, N) | None)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from captioning.vocab import Vocabulary
+
+
+@dataclass
+class Hypothesis:
+    """One decoded caption. `ids` and `word_probs` include `<end>` when the caption ended."""
+
+    text: str
+    ids: list[int]
+    logprob: float  # total log-probability of `ids`
+    score: float  # logprob / len(ids) ** length_penalty, what beams are ranked by
+    word_probs: list[float]
+    attention: list[torch.Tensor] | None = field(default=None, repr=False)  # one (N,) per id
+
+
+def _normalise(logprob: float, length: int, length_penalty: float) -> float:
+    return logprob / max(length, 1) ** length_penalty
+
+
+def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool) -> torch.Tensor:
+    """Never generate <pad> or <start>; at the last step only <end> is left."""
+    logp = logp.clone()
+    if last:
+        end = logp[:, vocab.end_id].clone()
+        logp.fill_(float("-inf"))
+        logp[:, vocab.end_id] = end
+    else:
+        logp[:, [vocab.pad_id, vocab.start_id]] = float("-inf")
+    return logp
+
+
+def _reorder(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v.index_select(0, index) for k, v in state.items()}
+
+
+@torch.inference_mode()
+def greedy(
+    decoder: nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    max_len: int = 20,
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """The most probable word at every step, for each of the B images in `feats`."""
+    B = feats.size(0)
+    state = decoder.init_state(feats)
+    tokens = torch.full((B,), vocab.start_id, dtype=torch.long, device=feats.device)
+    ids, logps, attns = [], [], []
+    done = torch.zeros(B, dtype=torch.bool, device=feats.device)
+    for t in range(max_len + 1):  # up to max_len words, then <end>
+        logp, state, alpha = decoder.step(tokens, state)  # (B, V)
+        logp = _allowed(logp, vocab, last=t == max_len)
+        best, tokens = logp.max(dim=1)  # (B,)
+        ids.append(tokens)
+        logps.append(best)
+        attns.append(alpha)
+        done |= tokens == vocab.end_id
+        if bool(done.all()):
+            break
+    ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()  # (B, T)
+    out = []
+    for b in range(B):
+        seq = ids_t[b]
+        n = seq.index(vocab.end_id) + 1
+        lp = logps_t[b][:n]
+        attention = None if attns[0] is None else [attns[t][b].float().cpu() for t in range(n)]
+        out.append(
+            Hypothesis(
+                vocab.decode(seq[:n]),
+                seq[:n],
+                float(sum(lp)),
+                _normalise(sum(lp), n, length_penalty),
+                [math.exp(x) for x in lp],
+                attention,
+            )
+        )
+    return out
+
+
+@torch.inference_mode()
+def beam_search(
+    decoder: nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    beam_size: int = 3,
+    max_len: int = 20,
+    length_penalty: float = 1.0,
+) -> list[list[Hypothesis]]:
+    """The `beam_size` best captions for each image, best first by length-normalised score.
+
+    Every step expands each live beam by every word, keeps the best 2k candidates per image
+    (by total log-probability), sets those ending in `<end>` aside as finished, and keeps the
+    best k others alive. An image is done when it has k finished captions.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1 (got {beam_size})")
+    B, k, dev = feats.size(0), beam_size, feats.device
+    state = decoder.init_state(feats.repeat_interleave(k, dim=0))  # rows b*k + j
+    scores = torch.full((B, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # at first all beams are identical: expand only one
+    tokens = torch.full((B * k,), vocab.start_id, dtype=torch.long, device=dev)
+    # per row history: ids, per-word log-probs, attention
+    hist_ids = [[[] for _ in range(k)] for _ in range(B)]
+    hist_lp = [[[] for _ in range(k)] for _ in range(B)]
+    hist_att: list[list[list]] = [[[] for _ in range(k)] for _ in range(B)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    for t in range(max_len + 1):
+        logp, state, alpha = decoder.step(tokens, state)  # (B*k, V)
+        logp = _allowed(logp, vocab, last=t == max_len)
+        V = logp.size(1)
+        cand = (scores.unsqueeze(2) + logp.view(B, k, V)).view(B, k * V)  # (B, k*V)
+        top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        logp_cpu = logp.view(B, k, V).float().cpu()
+        new_rows, new_tokens, new_scores = [], [], []
+        new_ids, new_lp, new_att = [], [], []
+        for b in range(B):
+            rows, toks, scs, ids_b, lp_b, att_b = [], [], [], [], [], []
+            if len(finished[b]) < k:
+                for s, flat in zip(top_scores[b], top_idx[b]):
+                    if s == float("-inf"):
+                        break
+                    j, w = divmod(flat, V)
+                    ids = hist_ids[b][j] + [w]
+                    lps = hist_lp[b][j] + [float(logp_cpu[b, j, w])]
+                    att = hist_att[b][j] + ([] if alpha is None else [alpha[b * k + j].float().cpu()])
+                    if w == vocab.end_id:
+                        finished[b].append(_hypothesis(vocab, ids, lps, att, alpha, length_penalty))
+                        if len(finished[b]) >= k:
+                            break
+                    elif len(rows) < k:
+                        rows.append(b * k + j)
+                        toks.append(w)
+                        scs.append(s)
+                        ids_b.append(ids)
+                        lp_b.append(lps)
+                        att_b.append(att)
+                    if len(rows) == k:
+                        break
+            while len(rows) < k:  # pad dead beams so the batch keeps its shape
+                rows.append(b * k)
+                toks.append(vocab.end_id)
+                scs.append(float("-inf"))
+                ids_b.append([])
+                lp_b.append([])
+                att_b.append([])
+            new_rows += rows
+            new_tokens += toks
+            new_scores.append(scs)
+            new_ids.append(ids_b)
+            new_lp.append(lp_b)
+            new_att.append(att_b)
+        if all(len(f) >= k for f in finished):
+            break
+        index = torch.tensor(new_rows, device=dev)
+        state = _reorder(state, index)
+        tokens = torch.tensor(new_tokens, device=dev)
+        scores = torch.tensor(new_scores, device=dev)
+        hist_ids, hist_lp, hist_att = new_ids, new_lp, new_att
+    return [sorted(f, key=lambda h: h.score, reverse=True)[:k] for f in finished]
+
+
+def _hypothesis(
+    vocab: Vocabulary, ids: list[int], lps: list[float], att: list, alpha, length_penalty: float
+) -> Hypothesis:
+    total = float(sum(lps))
+    probs = [math.exp(x) for x in lps]
+    return Hypothesis(
+        vocab.decode(ids),
+        ids,
+        total,
+        _normalise(total, len(ids), length_penalty),
+        probs,
+        None if alpha is None else att,
+    )

@@ -1,0 +1,75 @@
+"""Caption a COCO split and score it with the COCO caption metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
+from captioning.decoding import beam_search, greedy
+from captioning.inference import Captioner
+from captioning.metrics import score_captions
+from captioning.vocab import Vocabulary
+
+
+def decode_features(
+    decoder: torch.nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    method: str = "beam",
+    beam_size: int = 3,
+    max_len: int = 20,
+) -> list[str]:
+    """Best caption text for each row of `feats` (pooled or grid features)."""
+    if method == "greedy":
+        return [h.text for h in greedy(decoder, feats, vocab, max_len)]
+    return [hyps[0].text for hyps in beam_search(decoder, feats, vocab, beam_size, max_len)]
+
+
+def caption_split(
+    captioner: Captioner,
+    split: CocoSplit,
+    ids: Iterable[int],
+    method: str = "beam",
+    beam_size: int = 3,
+    max_len: int = 20,
+    batch_size: int = 16,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[int, str]:
+    """image id -> caption for `ids`; unreadable images are skipped with one warning."""
+    ids = list(ids)
+    out: dict[int, str] = {}
+    bad: list[str] = []
+    for start in range(0, len(ids), batch_size):
+        chunk, images = [], []
+        for i in ids[start : start + batch_size]:
+            try:
+                images.append(load_image(split.files[i]))
+                chunk.append(i)
+            except ImageLoadError:
+                bad.append(split.files[i].name)
+        if images:
+            caps = captioner.caption(images, method=method, beam_size=beam_size, max_len=max_len)
+            out.update({i: c.text for i, c in zip(chunk, caps)})
+        if on_batch:
+            on_batch(min(start + batch_size, len(ids)), len(ids))
+    warn_skipped(f"split {split.split}", bad, "could not be read")
+    return out
+
+
+def evaluate(
+    captioner: Captioner,
+    split: CocoSplit,
+    method: str = "beam",
+    beam_size: int = 3,
+    max_len: int = 20,
+    limit: int | None = None,
+    meteor: bool | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, float], dict[int, str], list[str]]:
+    """Corpus scores (keys BLEU-1..4, METEOR, ROUGE-L, CIDEr, images), captions, notes."""
+    ids = split.ids[:limit] if limit else split.ids
+    preds = caption_split(captioner, split, ids, method, beam_size, max_len, on_batch=on_batch)
+    scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
+    return {**scores.corpus, "images": len(preds)}, preds, scores.notes

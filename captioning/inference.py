@@ -1,0 +1,107 @@
+"""`Captioner`: load a checkpoint once, caption PIL images with greedy or beam search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from captioning.checkpoint import load_checkpoint, model_from_checkpoint
+from captioning.data import to_rgb
+from captioning.decoding import Hypothesis, beam_search, greedy
+from captioning.model import CaptionModel, feature_kind
+from captioning.vocab import Vocabulary
+
+METHODS = ("greedy", "beam")
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.pt"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" -> cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Caption:
+    """A caption of one image, with what the UI needs to explain it."""
+
+    text: str
+    words: list[str]  # the generated words, aligned with word_probs
+    word_probs: list[float]
+    logprob: float
+    score: float
+    alternatives: list[Hypothesis] = field(default_factory=list, repr=False)  # beam results, best first
+    attention: list[torch.Tensor] | None = field(default=None, repr=False)  # (h, w) per word
+    grid_size: tuple[int, int] | None = None
+
+
+class Captioner:
+    """A loaded model ready to caption. Safe to share between threads: inference reads only."""
+
+    def __init__(
+        self, model: CaptionModel, vocab: Vocabulary, device: str | torch.device = "auto", info: dict | None = None
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.preprocess = model.spec.preprocess
+        self.info = info or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str = DEFAULT_CHECKPOINT, device: str = "auto") -> Captioner:
+        ckpt = load_checkpoint(Path(path))
+        model, vocab = model_from_checkpoint(ckpt, source=str(path))
+        info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance")}
+        info["path"] = str(path)
+        return cls(model, vocab, device, info)
+
+    @torch.inference_mode()
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(to_rgb(im)) for im in images]).to(self.device)
+        return self.model.encode(batch)
+
+    def caption(
+        self,
+        images: list[Image.Image],
+        method: str = "beam",
+        beam_size: int = 3,
+        max_len: int = 20,
+        batch_size: int = 16,
+    ) -> list[Caption]:
+        """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy)."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1 (got {max_len})")
+        out: list[Caption] = []
+        for start in range(0, len(images), batch_size):
+            feats = self.features(images[start : start + batch_size])
+            if method == "greedy":
+                groups = [[h] for h in greedy(self.model.decoder, feats, self.vocab, max_len)]
+            else:
+                groups = beam_search(self.model.decoder, feats, self.vocab, beam_size, max_len)
+            grid = self._grid_size(feats)
+            out += [self._to_caption(hyps, grid) for hyps in groups]
+        return out
+
+    def _grid_size(self, feats: torch.Tensor) -> tuple[int, int] | None:
+        if feature_kind(self.model.cfg) != "grid":
+            return None
+        n = feats.size(1)
+        side = int(round(n**0.5))
+        return (side, n // side)
+
+    def _to_caption(self, hyps: list[Hypothesis], grid: tuple[int, int] | None) -> Caption:
+        best = hyps[0]
+        n = len(best.ids) - (1 if best.ids and best.ids[-1] == self.vocab.end_id else 0)
+        words = [self.vocab.itos[i] for i in best.ids[:n]]
+        attention = None
+        if best.attention is not None and grid is not None:
+            attention = [a.reshape(grid) for a in best.attention[:n]]
+        return Caption(best.text, words, best.word_probs[:n], best.logprob, best.score, hyps, attention, grid)

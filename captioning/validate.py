@@ -1,0 +1,78 @@
+"""Per-epoch validation: teacher-forced loss and BLEU / CIDEr of decoded captions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from captioning import distributed as dist
+from captioning.data import CocoSplit, ImageLoadError, collate_captions, load_image
+from captioning.datasets import encode_captions
+from captioning.evaluate import decode_features
+from captioning.features import FeatureStore
+from captioning.metrics import score_captions
+from captioning.model import CaptionModel, caption_loss
+from captioning.vocab import Vocabulary
+
+
+def _features(model: CaptionModel, split: CocoSplit, store: FeatureStore | None, ids: list[int], device):
+    """(kept ids, features) from the cache, or from the images through the model's CNN."""
+    if store is not None:
+        ids = [i for i in ids if i in store.where]
+        return ids, store.get(ids).to(device)
+    kept, images = [], []
+    for i in ids:
+        try:
+            images.append(model.spec.preprocess(load_image(split.files[i])))
+            kept.append(i)
+        except ImageLoadError:
+            continue
+    if not images:
+        return [], None
+    return kept, model.encode(torch.stack(images).to(device))
+
+
+@torch.no_grad()
+def validate(
+    model: CaptionModel,
+    vocab: Vocabulary,
+    split: CocoSplit,
+    store: FeatureStore | None,
+    device,
+    ctx: dist.DistContext,
+    method: str = "greedy",
+    beam_size: int = 3,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Validation loss, perplexity, BLEU-1..4, ROUGE-L and CIDEr, reduced over ranks."""
+    ids = split.ids[:limit] if limit else split.ids
+    mine = ids[ctx.rank :: ctx.world]
+    loss_sum = torch.zeros(2)  # (summed loss * tokens, tokens)
+    preds: dict[int, str] = {}
+    for start in range(0, len(mine), batch_size):
+        kept, feats = _features(model, split, store, mine[start : start + batch_size], device)
+        if not kept:
+            continue
+        row = {i: n for n, i in enumerate(kept)}
+        pairs = encode_captions(split, vocab, kept)
+        captions = collate_captions([(torch.tensor(row[i]), c) for i, c in pairs])
+        order, caps, lengths = captions
+        logits, alphas = model.decoder(feats[order], caps.to(device), lengths)
+        tokens = int((caps[:, 1:] != 0).sum())
+        loss_sum += torch.tensor([float(caption_loss(logits, caps.to(device))) * tokens, tokens])
+        texts = decode_features(model.decoder, feats, vocab, method, beam_size)
+        preds.update(zip(kept, texts))
+    loss_sum = dist.sum_tensor(loss_sum.to(ctx.device), ctx).cpu()
+    preds = dist.gather_dict(preds, ctx)
+    val_loss = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))
+    scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=False)
+    result = {
+        "val_loss": val_loss,
+        "val_perplexity": math.exp(min(val_loss, 50.0)),
+        "method": method,
+        "images": len(preds),
+    }
+    result.update({k: v for k, v in scores.corpus.items() if k != "METEOR"})
+    return result

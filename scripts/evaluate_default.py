@@ -1,0 +1,61 @@
+"""Scores and examples for the model card: greedy and beam 1/3/5 on a split, plus sample captions.
+
+Run: .venv/bin/python scripts/evaluate_default.py --checkpoint checkpoints/default.pt \
+         --coco-root ../shared/data/coco --split val --train-split train
+Prints a markdown table, diversity figures and 10 example captions with their references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from captioning.data import CocoSplit
+from captioning.evaluate import evaluate
+from captioning.inference import Captioner
+from captioning.vocab import tokenize
+
+RUNS = (("greedy", "greedy", 1), ("beam 1", "beam", 1), ("beam 3", "beam", 3), ("beam 5", "beam", 5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/default.pt"))
+    parser.add_argument("--coco-root", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--examples", type=int, default=10)
+    args = parser.parse_args()
+    captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
+    split = CocoSplit.load(args.coco_root, args.split)
+    train_caps = {
+        " ".join(tokenize(c)).rstrip(" .") for c in CocoSplit.load(args.coco_root, args.train_split).all_captions()
+    }
+    print("| decoding | BLEU-1 | BLEU-4 | METEOR | ROUGE-L | CIDEr | distinct | copies of a train caption |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = {}
+    for label, method, beam in RUNS:
+        scores, preds, notes = evaluate(captioner, split, method, beam)
+        norm = [" ".join(tokenize(c)).rstrip(" .") for c in preds.values()]
+        distinct = len(set(norm)) / len(norm)
+        copies = sum(c in train_caps for c in norm) / len(norm)
+        results[label] = {**scores, "distinct": distinct, "copies": copies, "captions": preds}
+        print(
+            f"| {label} | {scores['BLEU-1']:.3f} | {scores['BLEU-4']:.3f} | {scores.get('METEOR', float('nan')):.3f} "
+            f"| {scores['ROUGE-L']:.3f} | {scores['CIDEr']:.3f} | {distinct:.0%} | {copies:.0%} |"
+        )
+        for note in notes:
+            print(f"note: {note}")
+    print()
+    best = results["beam 3"]["captions"]
+    step = max(1, len(split.ids) // args.examples)
+    for image_id in split.ids[::step][: args.examples]:
+        refs = "; ".join(split.captions[image_id][:5])
+        print(f"- **{image_id}**: {best[image_id]}  \n  references: {refs}")
+    print()
+    print(json.dumps({k: {m: v for m, v in r.items() if m != "captions"} for k, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

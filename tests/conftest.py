@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny COCO-format dataset, a tiny run trained on it (seconds on a CPU), the real sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures import make_coco
+
+from captioning.train import fit
+from captioning.trainconfig import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_COCO = REPO.parent / "shared" / "data" / "coco"  # the real COCO sample, where this machine has it
+needs_shared_coco = pytest.mark.skipif(
+    not (SHARED_COCO / "annotations" / "captions_val.json").is_file(),
+    reason=f"the real COCO sample is not at {SHARED_COCO}",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> Path:
+    """A COCO root with splits `train` (24 images) and `val` (8) of coloured shapes, 5 captions each."""
+    return make_coco(tmp_path_factory.mktemp("tiny_coco"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_dir(tmp_path_factory) -> Path:
+    """The feature cache the tiny runs train with; pass it as --cache-dir to skip the CNN."""
+    return tmp_path_factory.mktemp("tiny_features")
+
+
+def _train(coco: Path, out: Path, cache: Path, **kw) -> Path:
+    fit(TrainConfig(coco_root=str(coco), out=str(out), batch_size=16, vocab_threshold=1, cache_dir=str(cache),
+                    num_workers=0, log_every=1, seed=0, **kw))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Path:
+    """A finished run directory (show-and-tell, default sizes, 6 epochs): metrics.jsonl, best.pt, last.pt."""
+    return _train(tiny_coco, tmp_path_factory.mktemp("tiny_run") / "showtell", tiny_cache_dir, epochs=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    """The tiny run's best.pt: a model that names the colours and shapes of tiny_coco."""
+    return tiny_run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_checkpoint(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Path:
+    """A small attention-decoder model (7x7 attention per word), 2 epochs: best.pt in its run directory."""
+    out = tmp_path_factory.mktemp("tiny_run") / "attention"
+    _train(tiny_coco, out, tiny_cache_dir, epochs=2, decoder="attention", embed_size=64, hidden_size=128,
+           attention_size=64)  # fmt: skip
+    return out / "best.pt"

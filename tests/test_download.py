@@ -1,0 +1,342 @@
+"""Tests for captioning.download against a local fake COCO mirror on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import socket
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioning.download import (
+    ANNOTATIONS_ZIP,
+    DownloadError,
+    add_download_parser,
+    download_coco,
+)
+
+IMAGE_IDS = [42, 7, 19, 3, 88]  # unsorted on purpose: limit takes the lowest ids
+ZIP_PATH = "/" + ANNOTATIONS_ZIP
+
+
+def _file_name(image_id: int) -> str:
+    return f"{image_id:012d}.jpg"
+
+
+def _image_path(image_id: int) -> str:
+    return f"/val2017/{_file_name(image_id)}"
+
+
+@dataclass
+class Mirror:
+    """A fake images.cocodataset.org: files under root, plus knobs to misbehave."""
+
+    root: Path
+    url: str = ""
+    # (path, Range header) of every GET, in order
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    # path -> how many 500s to answer before serving it
+    fail: dict[str, int] = field(default_factory=dict)
+    # path -> bytes to send before hanging up (once)
+    cut: dict[str, int] = field(default_factory=dict)
+    # False: ignore Range and answer 200 with the whole file
+    ranges: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def data(self, path: str) -> bytes:
+        return (self.root / path.lstrip("/")).read_bytes()
+
+    def gets(self, path: str) -> list[str | None]:
+        """Range headers of the requests for path, in order."""
+        return [rng for p, rng in self.requests if p == path]
+
+    def image_gets(self) -> list[str]:
+        return sorted(p for p, _ in self.requests if p.startswith("/val2017/"))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        mirror: Mirror = self.server.mirror
+        rng = self.headers.get("Range")
+        with mirror.lock:
+            mirror.requests.append((self.path, rng))
+            failing = mirror.fail.get(self.path, 0)
+            if failing:
+                mirror.fail[self.path] = failing - 1
+            cut = mirror.cut.pop(self.path, None)
+        if failing:
+            self.send_error(500)
+            return
+        file = mirror.root / self.path.lstrip("/")
+        if not file.is_file():
+            self.send_error(404)
+            return
+        data = file.read_bytes()
+        start = int(rng.removeprefix("bytes=").split("-")[0]) if rng and mirror.ranges else 0
+        if start >= len(data) > 0:
+            self.send_error(416)
+            return
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.close_connection = True  # hang up with the body unfinished
+        else:
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass  # keep pytest output clean
+
+
+def _jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (seed * 37 % 256, seed * 91 % 256, 128)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _captions_json() -> dict:
+    images = [
+        {
+            "id": i,
+            "file_name": _file_name(i),
+            "coco_url": f"http://images.cocodataset.org/val2017/{_file_name(i)}",
+            "width": 32,
+            "height": 24,
+        }
+        for i in IMAGE_IDS
+    ]
+    annotations = [
+        {"image_id": i, "id": i * 10 + k, "caption": f"caption {k} of image {i}"} for i in IMAGE_IDS for k in range(5)
+    ]
+    info = {"description": "COCO 2017 Dataset"}
+    return {"info": info, "licenses": [], "images": images, "annotations": annotations}
+
+
+def _make_mirror(root: Path) -> None:
+    (root / "annotations").mkdir(parents=True)
+    with zipfile.ZipFile(root / ANNOTATIONS_ZIP, "w") as archive:
+        archive.writestr("annotations/captions_val2017.json", json.dumps(_captions_json()))
+        archive.writestr("annotations/instances_val2017.json", "{}")  # ignored
+    (root / "val2017").mkdir()
+    for i in IMAGE_IDS:
+        (root / "val2017" / _file_name(i)).write_bytes(_jpeg(i))
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A proxy from the environment must not intercept 127.0.0.1.
+    monkeypatch.setenv("no_proxy", "*")
+    state = Mirror(root=tmp_path / "mirror")
+    _make_mirror(state.root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.mirror = state
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _download(mirror: Mirror, dest: Path, **kwargs):
+    kwargs = {"base_url": mirror.url, "timeout": 5, "backoff": 0, **kwargs}
+    return download_coco(dest, "val2017", progress=False, **kwargs)
+
+
+def _dead_url() -> str:
+    """A local URL nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_full_download_gives_standard_coco_layout(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    summary = _download(mirror, dest)
+
+    assert summary.annotations == dest / "annotations" / "captions_val2017.json"
+    assert summary.images_dir == dest / "val2017"
+    assert (summary.downloaded, summary.skipped, summary.failed) == (5, 0, [])
+    assert json.loads(summary.annotations.read_text()) == _captions_json()
+    for i in IMAGE_IDS:
+        assert (dest / "val2017" / _file_name(i)).read_bytes() == mirror.data(_image_path(i))
+    assert (dest / "annotations_trainval2017.zip").read_bytes() == mirror.data(ZIP_PATH)
+    assert not list(dest.rglob("*.part")) and not list(dest.rglob("*.tmp"))
+
+
+def test_limit_then_no_limit_fetches_only_the_rest(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    summary = _download(mirror, dest, limit=2)
+
+    assert summary.downloaded == 2
+    assert sorted(p.name for p in (dest / "val2017").iterdir()) == [
+        _file_name(3),
+        _file_name(7),
+    ]
+    captions = json.loads(summary.annotations.read_text())
+    assert [image["id"] for image in captions["images"]] == [3, 7]
+    assert sorted({a["image_id"] for a in captions["annotations"]}) == [3, 7]
+    assert len(captions["annotations"]) == 10
+    assert "first 2 of 5 images" in captions["info"]["description"]
+
+    mirror.requests.clear()
+    summary = _download(mirror, dest)
+    assert (summary.downloaded, summary.skipped) == (3, 2)
+    assert mirror.image_gets() == sorted(_image_path(i) for i in (19, 42, 88))
+    assert mirror.gets(ZIP_PATH) == []  # the kept zip is reused
+    assert json.loads(summary.annotations.read_text()) == _captions_json()
+
+
+def test_rerun_downloads_nothing(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    _download(mirror, dest)
+    mirror.requests.clear()
+
+    summary = _download(mirror, dest)
+    assert (summary.downloaded, summary.skipped, summary.failed) == (0, 5, [])
+    assert mirror.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url_path", "local"),
+    [
+        (_image_path(19), f"val2017/{_file_name(19)}"),
+        (ZIP_PATH, "annotations_trainval2017.zip"),
+    ],
+    ids=["image", "zip"],
+)
+def test_interrupted_download_resumes_with_range(mirror: Mirror, tmp_path: Path, url_path, local):
+    dest = tmp_path / "coco"
+    original = mirror.data(url_path)
+    half = len(original) // 2
+    (dest / local).parent.mkdir(parents=True)
+    (dest / (local + ".part")).write_bytes(original[:half])
+
+    summary = _download(mirror, dest)
+    assert (summary.downloaded, summary.failed) == (5, [])
+    assert mirror.gets(url_path) == [f"bytes={half}-"]
+    assert (dest / local).read_bytes() == original
+    assert json.loads(summary.annotations.read_text()) == _captions_json()
+
+
+@pytest.mark.parametrize("server_ranges", [False, True], ids=["range-ignored", "part-complete"])
+def test_unusable_part_file_restarts_from_zero(mirror: Mirror, tmp_path: Path, server_ranges):
+    # A server without Range support answers 200; a .part already whole gets a 416.
+    mirror.ranges = server_ranges
+    original = mirror.data(_image_path(3))
+    dest = tmp_path / "coco"
+    (dest / "val2017").mkdir(parents=True)
+    stale = original if server_ranges else b"stale bytes"
+    (dest / "val2017" / (_file_name(3) + ".part")).write_bytes(stale)
+
+    _download(mirror, dest)
+    restart = [None] if server_ranges else []  # after the 416
+    assert mirror.gets(_image_path(3)) == [f"bytes={len(stale)}-", *restart]
+    assert (dest / "val2017" / _file_name(3)).read_bytes() == original
+
+
+def test_response_cut_short_is_resumed(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    original = mirror.data(_image_path(42))
+    mirror.cut[_image_path(42)] = 100
+
+    summary = _download(mirror, dest)
+    assert summary.failed == []
+    assert mirror.gets(_image_path(42)) == [None, "bytes=100-"]
+    assert (dest / "val2017" / _file_name(42)).read_bytes() == original
+
+
+def test_server_errors_are_retried(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    mirror.fail[_image_path(7)] = 2
+    mirror.fail[ZIP_PATH] = 1
+
+    summary = _download(mirror, dest)
+    assert (summary.downloaded, summary.failed) == (5, [])
+    assert len(mirror.gets(_image_path(7))) == 3
+    assert (dest / "val2017" / _file_name(7)).read_bytes() == mirror.data(_image_path(7))
+
+
+def test_image_that_keeps_failing_is_reported(mirror: Mirror, tmp_path: Path):
+    mirror.fail[_image_path(7)] = 99
+    summary = _download(mirror, tmp_path / "coco", retries=1)
+    assert summary.failed == [_file_name(7)]
+    assert len(mirror.gets(_image_path(7))) == 2  # first try + 1 retry
+    assert summary.downloaded == 4
+
+
+def test_missing_image_is_listed_and_not_retried(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    (mirror.root / "val2017" / _file_name(88)).unlink()
+
+    summary = _download(mirror, dest)
+    assert summary.failed == [_file_name(88)]
+    assert summary.downloaded == 4
+    assert len(mirror.gets(_image_path(88))) == 1
+    assert not (dest / "val2017" / _file_name(88)).exists()
+
+
+def test_damaged_zip_is_fetched_again(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    dest.mkdir()
+    (dest / "annotations_trainval2017.zip").write_bytes(b"not a zip at all")
+
+    summary = _download(mirror, dest)
+    assert len(mirror.gets(ZIP_PATH)) == 1
+    assert json.loads(summary.annotations.read_text()) == _captions_json()
+
+
+def test_mirror_with_broken_zip_gives_clear_error(mirror: Mirror, tmp_path: Path):
+    (mirror.root / ANNOTATIONS_ZIP).write_bytes(b"broken")
+    with pytest.raises(DownloadError, match="not a valid zip"):
+        _download(mirror, tmp_path / "coco")
+    assert len(mirror.gets(ZIP_PATH)) == 2  # refetched once, then gave up
+
+
+def test_unreachable_host_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("no_proxy", "*")
+    url = _dead_url()
+    with pytest.raises(DownloadError, match=rf"cannot reach {re.escape(url)}.*internet"):
+        download_coco(tmp_path / "coco", base_url=url, progress=False, backoff=0)
+
+
+def test_host_gone_with_zip_kept_says_so(mirror: Mirror, tmp_path: Path):
+    dest = tmp_path / "coco"
+    _download(mirror, dest, limit=1)
+    url = _dead_url()  # images still to fetch, but the host is gone
+    with pytest.raises(DownloadError, match=f"cannot reach {re.escape(url)}"):
+        download_coco(dest, base_url=url, progress=False, backoff=0)
+
+
+def test_bad_split_names_the_allowed_ones(tmp_path: Path):
+    with pytest.raises(ValueError, match="train2017, val2017"):
+        download_coco(tmp_path / "coco", split="test2015", progress=False)
+
+
+def test_cli_reports_failures(mirror: Mirror, tmp_path: Path, capsys):
+    (mirror.root / "val2017" / _file_name(88)).unlink()
+    parser = argparse.ArgumentParser()
+    add_download_parser(parser.add_subparsers())
+    dest = tmp_path / "coco"
+    args = parser.parse_args(["download", "--dest", str(dest), "--base-url", mirror.url])
+    assert args.split == "val2017" and args.limit is None
+
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert "4 downloaded" in out and _file_name(88) in out
+
+    (mirror.root / "val2017" / _file_name(88)).write_bytes(_jpeg(88))
+    assert args.func(args) == 0
+    assert "1 downloaded, 4 already there, 0 failed" in capsys.readouterr().out

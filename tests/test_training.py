@@ -1,0 +1,231 @@
+"""Training: loss goes down, the feature cache, exact resume, clean stops, logs and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import REPO
+
+from captioning import backbones, features
+from captioning.backbones import build_backbone
+from captioning.checkpoint import load_checkpoint
+from captioning.data import CocoSplit, SkippedImagesWarning, load_image
+from captioning.features import build_cache
+from captioning.inference import Captioner
+from captioning.runlog import read_metrics
+from captioning.train import Callbacks, fit
+from captioning.trainconfig import TrainConfig
+
+
+def _cfg(coco, tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        coco_root=str(coco),
+        out=str(tmp_path / "run"),
+        epochs=3,
+        batch_size=16,
+        vocab_threshold=1,
+        cache_dir=str(tmp_path / "cache"),
+        num_workers=0,
+        log_every=1,
+        seed=0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+class CountingCNN(torch.nn.Module):
+    """Wraps a backbone and counts the images it sees."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.net, self.images = build_backbone(name, pretrained=False), 0
+
+    def forward(self, x):
+        self.images += x.size(0)
+        return self.net(x)
+
+
+def test_loss_goes_down_and_logs_are_written(tiny_run):
+    records = read_metrics(tiny_run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(steps) >= 30
+    assert sum(r["loss"] for r in steps[-5:]) / 5 < 0.5 * sum(r["loss"] for r in steps[:5]) / 5
+    assert set(steps[0]) >= {"step", "epoch", "loss", "perplexity", "lr", "elapsed", "images_per_s"}
+    assert [r["step"] for r in steps] == sorted(r["step"] for r in steps)
+    assert len(epochs) == 6 and all({"val_loss", "BLEU-4", "CIDEr"} <= set(r) for r in epochs)
+    assert epochs[-1]["CIDEr"] > epochs[0]["CIDEr"]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["train"]["batch_size"] == 16 and config["model"]["hidden_size"] == 512
+    best = load_checkpoint(tiny_run / "best.pt")
+    assert best["metrics"]["val"]["CIDEr"] == max(r["CIDEr"] for r in epochs)
+    assert "train_state" in load_checkpoint(tiny_run / "last.pt")
+
+
+def test_cache_is_built_once_reused_and_invalidated_by_backbone(tiny_coco, tmp_path, monkeypatch):
+    split = CocoSplit.load(tiny_coco, "train")
+    cnn = CountingCNN("efficientnet_lite0")
+    store = build_cache(
+        split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0
+    )
+    assert cnn.images == 24 and store.get(split.ids[:2]).shape == (2, 1280)
+    build_cache(split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0)
+    assert cnn.images == 24  # the second run read the cache
+    other = CountingCNN("resnet18")
+    store = build_cache(split, "resnet18", "pooled", cache_dir=tmp_path, encoder=other, progress=False, num_workers=0)
+    assert other.images == 24 and store.get(split.ids[:1]).shape == (1, 512)
+    # a change of preprocessing (here: the input size) is a new cache too
+    spec = backbones.get_spec("efficientnet_lite0")
+    monkeypatch.setitem(
+        backbones.BACKBONES, "efficientnet_lite0", replace(spec, preprocess=replace(spec.preprocess, size=192))
+    )
+    build_cache(split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0)
+    assert cnn.images == 48
+
+
+def test_fit_reuses_the_cache_across_runs(tiny_coco, tmp_path, monkeypatch):
+    made = []
+    real = features.build_backbone
+    monkeypatch.setattr(features, "build_backbone", lambda *a, **k: made.append(a) or real(*a, **k))
+    fit(_cfg(tiny_coco, tmp_path, epochs=1, out=str(tmp_path / "a")))
+    assert len(made) == 2  # train and val extracted once
+    fit(_cfg(tiny_coco, tmp_path, epochs=1, out=str(tmp_path / "b")))
+    assert len(made) == 2  # nothing recomputed
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_coco, tmp_path):
+    whole = _cfg(
+        tiny_coco, tmp_path, decoder="attention", out=str(tmp_path / "whole"), epochs=2, flip=True, attention_size=64
+    )
+    losses_whole = []
+    fit(whole, Callbacks(on_step=lambda r: losses_whole.append(r["loss"])))
+
+    parts = replace(whole, out=str(tmp_path / "parts"))
+    losses_parts: list[float] = []
+    result = fit(
+        parts, Callbacks(on_step=lambda r: losses_parts.append(r["loss"]), should_stop=lambda: len(losses_parts) == 3)
+    )
+    assert result.status == "stopped" and result.step == 3  # mid-epoch: 12 steps an epoch
+    fit(parts, Callbacks(on_step=lambda r: losses_parts.append(r["loss"])), resume=True)
+    assert losses_parts == pytest.approx(losses_whole, abs=1e-6)
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["decoder_state"]
+    b = load_checkpoint(tmp_path / "parts" / "last.pt")["decoder_state"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = [r["step"] for r in read_metrics(tmp_path / "parts" / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # the resumed curve continues the interrupted one
+
+
+def test_corrupt_training_image_is_skipped_and_reported(tiny_coco, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    victim = sorted((root / "train").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.warns(SkippedImagesWarning, match=victim.name):
+        result = fit(_cfg(root, tmp_path, epochs=1))
+    assert result.status == "finished"
+
+
+def test_early_stopping_and_fine_tune_keep_the_vocabulary(tiny_checkpoint, tiny_coco, tmp_path):
+    base = load_checkpoint(tiny_checkpoint)
+    result = fit(_cfg(tiny_coco, tmp_path, epochs=8, lr=1e-9, patience=1, init_from=str(tiny_checkpoint)))
+    assert result.status == "early_stopped" and result.epoch < 8
+    tuned = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert tuned["vocab"] == base["vocab"] and tuned["provenance"]["init_from"] == str(tiny_checkpoint)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_zero(tiny_coco, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "captioning",
+            "train",
+            "--coco-root",
+            str(tiny_coco),
+            "--out",
+            str(out),
+            "--epochs",
+            "200",
+            "--batch-size",
+            "4",
+            "--vocab-threshold",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--log-every",
+            "1",
+            "--num-workers",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r["kind"] == "step" for r in read_metrics(out / "metrics.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "resume with" in output
+    last = load_checkpoint(out / "last.pt")
+    assert last["train_state"]["step"] >= 1
+    assert read_metrics(out / "metrics.jsonl")[-1]["event"] == "stopped"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=0",
+            "-m",
+            "captioning",
+            "train",
+            "--coco-root",
+            str(tiny_coco),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--vocab-threshold",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--log-every",
+            "1",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_metrics(out / "metrics.jsonl")
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, 17))  # 120 captions / 2 ranks / batch 8 = 8 steps an epoch, 2 epochs
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert [r["event"] for r in records if r["kind"] == "event"] == ["start", "finished"]
+    image = load_image(sorted((tiny_coco / "val").iterdir())[0])
+    caption = Captioner.from_checkpoint(out / "best.pt", device="cpu").caption([image])[0]
+    assert len(caption.words) >= 2
