@@ -82,3 +82,12 @@ def gather_dict(part: dict, ctx: DistContext) -> dict:
     parts: list = [None] * ctx.world
     td.all_gather_object(parts, part)
     return {k: v for p in parts for k, v in p.items()}
+
+
+def broadcast(obj, ctx: DistContext):
+    """Rank 0's `obj`, on every rank."""
+    if ctx.world <= 1:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]

@@ -159,7 +159,11 @@ def _extract(
     device = torch.device(device)
     net = (encoder or build_backbone(backbone, pretrained=True)).to(device).eval()
     loader = DataLoader(
-        _Images(split, todo, backbone, views), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        _Images(split, todo, backbone, views),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        generator=torch.Generator(),  # leaves the global RNG alone: training must not depend on a cache hit
     )
     dtype = np.float16 if kind == "grid" else np.float32
     out_ids, chunks, done = [], [], 0

@@ -141,6 +141,7 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / ctx.world) / cfg.batch_size)
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
 
+    torch.manual_seed(cfg.seed + 1)  # dropout draws start the same whether or not the cache was just built
     state = {"step": 0, "epoch": 0, "batch": 0, "best_cider": None, "bad_epochs": 0, "elapsed": 0.0}
     log = RunLog(out / "metrics.jsonl") if ctx.rank == 0 else None
     if resume_ckpt is not None:
@@ -204,6 +205,7 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
             batch_sampler=batches[state["batch"] :],
             collate_fn=_collate_skip(bad_images),
             num_workers=cfg.num_workers if cfg.end_to_end else 0,
+            generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),  # not the global RNG (dropout's)
         )
         stopped = False
         for batch in loader:

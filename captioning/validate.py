@@ -67,12 +67,14 @@ def validate(
     loss_sum = dist.sum_tensor(loss_sum.to(ctx.device), ctx).cpu()
     preds = dist.gather_dict(preds, ctx)
     val_loss = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))
-    scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=False)
-    result = {
-        "val_loss": val_loss,
-        "val_perplexity": math.exp(min(val_loss, 50.0)),
-        "method": method,
-        "images": len(preds),
-    }
-    result.update({k: v for k, v in scores.corpus.items() if k != "METEOR"})
-    return result
+    result = None
+    if ctx.rank == 0:  # one rank scores; the others get its numbers (early stopping must agree)
+        scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=False)
+        result = {
+            "val_loss": val_loss,
+            "val_perplexity": math.exp(min(val_loss, 50.0)),
+            "method": method,
+            "images": len(preds),
+        }
+        result.update({k: v for k, v in scores.corpus.items() if k != "METEOR"})
+    return dist.broadcast(result, ctx)

@@ -191,8 +191,8 @@ def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc_per_node=2",
-            "--master_port=0",
             "-m",
             "captioning",
             "train",
@@ -218,7 +218,7 @@ def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
