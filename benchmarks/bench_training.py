@@ -1,6 +1,6 @@
 """Time per epoch: training from the frozen-feature cache vs recomputing the CNN every step (the seed).
 
-Run: .venv/bin/python benchmarks/bench_training.py [--coco-root ../shared/data/coco] [--images 200]
+Run: .venv/bin/python -m benchmarks.bench_training [--coco-root ../shared/data/coco] [--images 200]
 Both paths train the same model on the same images and captions for one full epoch, in one run.
 Without a COCO root it uses a generated dataset. The cache is built first and its cost is printed
 separately: it is paid once per backbone and reused by every later run and fine-tune.
@@ -78,9 +78,7 @@ def main() -> None:
     captions = sum(
         len(CocoSplit.load(root, args.split, ids).captions[i]) for i in CocoSplit.load(root, args.split, ids).ids
     )
-    print(
-        f"{args.images} images, {captions} captions, batch {args.batch_size}, {args.decoder}, efficientnet_lite0"
-    )
+    print(f"{args.images} images, {captions} captions, batch {args.batch_size}, {args.decoder}, efficientnet_lite0")
     print(f"one-off feature extraction: {extract:7.1f} s")
     for name, seconds in timings.items():
         print(f"epoch, {name:24s} {seconds:7.1f} s")

@@ -1,6 +1,6 @@
 """Scores and examples for the model card: greedy and beam 1/3/5 on a split, plus sample captions.
 
-Run: .venv/bin/python scripts/evaluate_default.py --checkpoint checkpoints/default.pt \
+Run: .venv/bin/python -m scripts.evaluate_default --checkpoint checkpoints/default.pt \
          --coco-root ../shared/data/coco --split val --train-split train
 Prints a markdown table, diversity figures and 10 example captions with their references.
 """
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--examples", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="also write the scores as JSON here")
     args = parser.parse_args()
     captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
     split = CocoSplit.load(args.coco_root, args.split)
@@ -54,7 +55,12 @@ def main() -> None:
         refs = "; ".join(split.captions[image_id][:5])
         print(f"- **{image_id}**: {best[image_id]}  \n  references: {refs}")
     print()
-    print(json.dumps({k: {m: v for m, v in r.items() if m != "captions"} for k, r in results.items()}))
+    table = {k: {m: v for m, v in r.items() if m != "captions"} for k, r in results.items()}
+    print(json.dumps(table))
+    if args.out:
+        args.out.write_text(
+            json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), "scores": table}, indent=2)
+        )
 
 
 if __name__ == "__main__":
