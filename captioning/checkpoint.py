@@ -83,7 +83,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"refusing to load {path}: it holds pickled Python objects, which could run code; "
                 "a captioning checkpoint holds only tensors and plain data"

@@ -71,7 +71,11 @@ def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(f"{name} is too large to decode safely") from None
     except Exception as exc:  # PIL raises many types for corrupt data
-        reason = "not an image PIL can read" if "cannot identify" in str(exc) else f"corrupt or truncated ({exc})"
+        reason = (
+            "not an image this app can read (JPG, PNG, WebP, BMP, GIF or TIFF)"
+            if "cannot identify" in str(exc)
+            else f"corrupt or truncated ({exc})"
+        )
         raise ImageLoadError(f"{name} is {reason}") from None
     return to_rgb(image)
 

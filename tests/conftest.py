@@ -50,8 +50,8 @@ def tiny_checkpoint(tiny_run) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_attention_checkpoint(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Path:
-    """A small attention-decoder model (7x7 attention per word), 2 epochs: best.pt in its run directory."""
+    """A small attention-decoder model (7x7 attention per word), 1 epoch: best.pt in its run directory."""
     out = tmp_path_factory.mktemp("tiny_run") / "attention"
-    _train(tiny_coco, out, tiny_cache_dir, epochs=2, decoder="attention", embed_size=64, hidden_size=128,
+    _train(tiny_coco, out, tiny_cache_dir, epochs=1, decoder="attention", embed_size=64, hidden_size=128,
            attention_size=64)  # fmt: skip
     return out / "best.pt"

@@ -1,0 +1,72 @@
+"""Caption your own images. Run the app with `streamlit run Home.py`; the other pages are in pages/."""
+
+import streamlit as st
+
+import app_ui
+from captioning.app_support import (
+    IMAGE_TYPES,
+    alternatives_frame,
+    attention_overlay,
+    captions_csv,
+    captions_frame,
+    word_confidence_html,
+    word_probability_chart,
+)
+
+st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
+st.title("Image captioning")
+st.caption("Drop images below and the model describes them. Pick the model and decoding in the sidebar.")
+
+entry = app_ui.model_picker()
+decoding = app_ui.decoding_controls()
+model = app_ui.captioner(entry.path)
+cfg = model.info.get("model_config", {})
+st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?')} decoder, {len(model.vocab)} words")
+
+files = st.file_uploader(
+    "Images",
+    type=IMAGE_TYPES,
+    accept_multiple_files=True,
+    help="JPG, PNG, WebP, BMP, GIF or TIFF; several at once are fine",
+)
+shot = st.camera_input("Take a picture") if st.toggle("Use the camera") else None
+uploads = [(f.name, f.getvalue()) for f in files or []] + ([("camera.jpg", shot.getvalue())] if shot else [])
+if not uploads:
+    st.info("Drag and drop one or more images onto the box above (or click **Upload**) to caption them.")
+    st.stop()
+
+results = app_ui.caption_uploads(model, entry.path, uploads, decoding)
+if len(results) > 1:
+    st.dataframe(captions_frame(results), hide_index=True)
+    st.download_button(
+        "Download captions (CSV)", captions_csv(results), "captions.csv", "text/csv", icon=":material/download:"
+    )
+
+for k, result in enumerate(results):
+    box = st.container(border=True)
+    if result.error:
+        box.error(result.error, icon=":material/broken_image:")
+        continue
+    cap = result.caption
+    left, right = box.columns([2, 3])
+    left.image(result.image, caption=result.name, width="stretch")
+    right.markdown(f"### {cap.text}")
+    right.html(word_confidence_html(cap.words, cap.word_probs))
+    tabs = right.tabs(["Word probabilities", "Alternatives"] + (["Attention"] if cap.attention else []))
+    tabs[0].altair_chart(word_probability_chart(cap.words, cap.word_probs), width="stretch")
+    if len(cap.alternatives) > 1:
+        tabs[1].dataframe(alternatives_frame(cap), hide_index=True)
+    else:
+        tabs[1].caption("Beam search (beam size 2 or more) gives alternative captions with their scores.")
+    if cap.attention:
+        i = tabs[2].select_slider(
+            "Word",
+            range(len(cap.words)),
+            format_func=lambda j, words=cap.words: f"{j + 1}. {words[j]}",
+            key=f"attention-{k}-{result.name}",
+        )
+        tabs[2].image(
+            attention_overlay(result.image, cap.attention[i]),
+            width=320,
+            caption=f"Where the model looked for \u201c{cap.words[i]}\u201d (centre crop it sees)",
+        )

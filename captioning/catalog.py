@@ -1,0 +1,127 @@
+"""What the app can offer: the shipped model, every run's best checkpoint, and every run's log.
+
+Locations come from the environment so a test or a deployment can point elsewhere:
+CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioning.checkpoint import CheckpointError, load_checkpoint
+from captioning.inference import DEFAULT_CHECKPOINT
+from captioning.runlog import read_metrics
+
+PROJECT_ROOT = DEFAULT_CHECKPOINT.parent.parent
+TERMINAL_EVENTS = ("finished", "stopped", "early_stopped")
+GET_A_MODEL = (
+    "Train one with `python -m captioning train --coco-root data/coco --out runs/first` "
+    "(get data first with `python -m captioning download --dest data/coco --split val2017 --limit 500`), "
+    "or put a checkpoint at `checkpoints/default.pt`."
+)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A checkpoint the app can caption with."""
+
+    label: str
+    path: Path
+    run: str | None  # None for the shipped default
+    cider: float | None
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """A training log the app can plot."""
+
+    name: str
+    metrics: Path
+    status: str  # "finished", "stopped", "early_stopped", "running" (or interrupted), "unknown"
+
+
+def default_checkpoint() -> Path:
+    """The shipped model's path: $CAPTIONING_CHECKPOINT or `checkpoints/default.pt`."""
+    return Path(os.environ.get("CAPTIONING_CHECKPOINT") or DEFAULT_CHECKPOINT)
+
+
+def default_log(checkpoint: Path | None = None) -> Path:
+    """The shipped model's training log, beside it: `default.pt` -> `default-metrics.jsonl`."""
+    checkpoint = checkpoint or default_checkpoint()
+    return checkpoint.with_name(f"{checkpoint.stem}-metrics.jsonl")
+
+
+def runs_dir() -> Path:
+    """Where runs live: $CAPTIONING_RUNS_DIR or `runs/` in the project."""
+    return Path(os.environ.get("CAPTIONING_RUNS_DIR") or PROJECT_ROOT / "runs")
+
+
+def run_dirs(runs: Path | None = None) -> list[Path]:
+    """Run directories under `runs`, newest first (hidden names are skipped)."""
+    runs = Path(runs or runs_dir())
+    if not runs.is_dir():
+        return []
+    dirs = [d for d in runs.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def val_cider(path: Path) -> float | None:
+    """Validation CIDEr recorded in a checkpoint's metrics, or None."""
+    try:
+        return _val_cider(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _val_cider(path: str, mtime_ns: int) -> float | None:  # mtime in the key: a rewritten file is re-read
+    try:
+        ckpt = load_checkpoint(Path(path))
+    except CheckpointError:
+        return None
+    value = ((ckpt.get("metrics") or {}).get("val") or {}).get("CIDEr")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def run_status(metrics: Path) -> str:
+    """How a run's log ends: a terminal event's name, "running" when none yet, "unknown" without a log."""
+    events = [r.get("event") for r in read_metrics(metrics) if r.get("kind") == "event"]
+    if not events:
+        return "unknown"
+    return events[-1] if events[-1] in TERMINAL_EVENTS else "running"
+
+
+def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
+    """The shipped default (when present) and every run with a `best.pt`, newest run first."""
+    entries = []
+    default = default_checkpoint()
+    if default.is_file():
+        cider = val_cider(default)
+        entries.append(ModelEntry(_label("Shipped model", cider), default, None, cider))
+    for run in run_dirs(runs):
+        best = run / "best.pt"
+        if best.is_file():
+            cider = val_cider(best)
+            status = run_status(run / "metrics.jsonl")
+            label = _label(run.name, cider) + ("" if status in ("finished", "unknown") else f" [{status}]")
+            entries.append(ModelEntry(label, best, run.name, cider))
+    return entries
+
+
+def list_runs(runs: Path | None = None) -> list[RunEntry]:
+    """The shipped model's log (when present) and every run with a `metrics.jsonl`, newest first."""
+    entries = []
+    log = default_log()
+    if log.is_file():
+        entries.append(RunEntry("shipped model", log, run_status(log)))
+    for run in run_dirs(runs):
+        if (run / "metrics.jsonl").is_file():
+            entries.append(RunEntry(run.name, run / "metrics.jsonl", run_status(run / "metrics.jsonl")))
+    return entries
+
+
+def _label(name: str, cider: float | None) -> str:
+    return f"{name} (val CIDEr {cider:.3f})" if cider is not None else name

@@ -1,0 +1,293 @@
+"""Background fine-tuning: one `python -m captioning train` subprocess at a time per runs directory.
+
+The job file `RUNS/.active_job.json` lets a reloaded page, a second tab or a restarted server
+re-attach to the running job instead of starting another. Progress is read from the run's
+`metrics.jsonl`; cancelling sends SIGTERM, on which the trainer saves a resumable `last.pt`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from captioning.checkpoint import load_checkpoint
+from captioning.data import available_splits, read_ids_file
+from captioning.io import atomic_write_text
+from captioning.runlog import read_metrics
+
+JOB_FILE = ".active_job.json"
+MAX_STEPS = 2000  # the app runs short fine-tunes; longer runs belong on the command line
+MAX_NAME = 64
+LOG_EVERY = 5  # steps between loss records: a short run still draws a curve
+TERMINAL = ("finished", "stopped", "early_stopped", "cancelled", "failed")
+
+
+class JobError(ValueError):
+    """A job that cannot be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    pid: int
+    name: str
+    out: str
+    started: str
+    command: list[str]
+    cancel_requested: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+@dataclass
+class JobStatus:
+    """A job's state and the run's records so far."""
+
+    job: Job
+    state: str  # "starting", "running", "stopping", or one of TERMINAL ("cancelled": ended before saving)
+    step: int = 0
+    total_steps: int | None = None
+    steps: list[dict] = field(default_factory=list)  # step records: loss per step
+    epochs: list[dict] = field(default_factory=list)  # epoch records: validation scores
+    log_tail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state not in TERMINAL
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, from the pace so far (None before the first step)."""
+        if not self.steps or not self.total_steps or not self.steps[-1].get("elapsed"):
+            return None
+        return self.steps[-1]["elapsed"] / self.step * (self.total_steps - self.step)
+
+    def progress_text(self) -> str:
+        """E.g. "running: step 40 of 200, about 2 min left"."""
+        text = f"{self.state}: step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
+        eta = self.eta_s
+        if eta is not None and self.state == "running":
+            text += f", about {eta / 60:.0f} min left" if eta >= 90 else f", about {eta:.0f} s left"
+        return text
+
+    def summary(self) -> tuple[str, str]:
+        """(level, message) for an ended job: "success", "warning" or "error" and a sentence for the user."""
+        job, best = self.job, max((e["CIDEr"] for e in self.epochs if "CIDEr" in e), default=None)
+        done = f"at step {self.step}" + (f", best val CIDEr {best:.3f}" if best is not None else "")
+        if self.state in ("finished", "early_stopped"):
+            return (
+                "success",
+                f"Run **{job.name}** finished {done}. It is now in Home's checkpoint selector and on Training logs.",
+            )
+        if self.state == "stopped":
+            root = job.command[job.command.index("--coco-root") + 1]
+            return "warning", (
+                f"Run **{job.name}** was cancelled {done}; `{job.out}/last.pt` was saved. Resume it with "
+                f"`python -m captioning train --coco-root {root} --out {job.out} --resume`."
+            )
+        if self.state == "cancelled":
+            return "warning", f"Run **{job.name}** was cancelled before its first step; nothing was saved."
+        return "error", f"Run **{job.name}** ended with an error at step {self.step}; its log ends with:"
+
+
+def sanitize_name(raw: str) -> str:
+    """A run name of [A-Za-z0-9_-], at most 64 characters; JobError when nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", raw.strip()).strip("-_")[:MAX_NAME].strip("-_")
+    if not name:
+        raise JobError("the run name needs at least one letter or digit (allowed: A-Z a-z 0-9 _ -)")
+    return name
+
+
+def default_name() -> str:
+    return "finetune-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+class JobManager:
+    """Starts, watches and cancels the fine-tuning job of one runs directory. Thread-safe."""
+
+    def __init__(self, runs: Path, cache_dir: Path | None = None, python: str = sys.executable) -> None:
+        self.runs = Path(runs)
+        self.cache_dir = cache_dir
+        self.python = python
+        self._lock = threading.Lock()
+        self._children: dict[int, subprocess.Popen] = {}  # the jobs this process started
+
+    @property
+    def job_file(self) -> Path:
+        return self.runs / JOB_FILE
+
+    def current(self) -> Job | None:
+        """The latest job (running or ended), from the job file."""
+        try:
+            return Job(**json.loads(self.job_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def start(
+        self,
+        name: str,
+        base: Path,
+        coco_root: Path,
+        split: str,
+        *,
+        val_split: str | None = None,
+        ids_file: Path | None = None,
+        steps: int | None = None,
+        epochs: int | None = None,
+        lr: float = 1e-4,
+        batch_size: int = 32,
+        extra_args: tuple[str, ...] = (),
+    ) -> Job:
+        """Launch `python -m captioning train --init-from BASE --out RUNS/NAME`; JobError if it cannot."""
+        with self._lock:
+            active = self.current()
+            if active is not None and self._alive(active):
+                raise JobError(f"run {active.name!r} is still training; one run at a time (cancel it first)")
+            out = self._new_run_dir(name)
+            cmd = self._command(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size)
+            out.mkdir(parents=True)
+            with open(out / "train.log", "wb") as log:
+                child = subprocess.Popen(
+                    [*cmd, *extra_args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=Path(__file__).resolve().parent.parent,
+                    start_new_session=True,
+                )
+            self._children[child.pid] = child
+            job = Job(child.pid, out.name, str(out), dt.datetime.now().isoformat(timespec="seconds"), cmd)
+            self._save(job)
+            return job
+
+    def status(self, job: Job | None = None) -> JobStatus | None:
+        """The state of `job` (default: the current one) from its process and its metrics.jsonl."""
+        job = job or self.current()
+        if job is None:
+            return None
+        records = read_metrics(job.out_dir / "metrics.jsonl")
+        steps = [r for r in records if r.get("kind") == "step"]
+        events = [r.get("event") for r in records if r.get("kind") == "event"]
+        total = next((r.get("total_steps") for r in reversed(records) if r.get("total_steps")), None)
+        ended = next((e for e in reversed(events) if e in TERMINAL), None)
+        if self._alive(job):
+            state = "stopping" if job.cancel_requested else ("running" if steps else "starting")
+        else:
+            state = ended or ("cancelled" if job.cancel_requested else "failed")
+        return JobStatus(
+            job,
+            state,
+            steps[-1]["step"] if steps else 0,
+            total,
+            steps,
+            [r for r in records if r.get("kind") == "epoch"],
+            self.log_tail(job),
+        )
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop (SIGTERM, once: a second one would abort without saving)."""
+        with self._lock:
+            job = self.current()
+            if job is None or not self._alive(job):
+                return False
+            if not job.cancel_requested:
+                os.kill(job.pid, signal.SIGTERM)
+                self._save(Job(**{**asdict(job), "cancel_requested": True}))
+            return True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for a job this process started; its exit code (None when not ours)."""
+        job = self.current()
+        child = self._children.get(job.pid) if job else None
+        return child.wait(timeout) if child else None
+
+    def log_tail(self, job: Job, lines: int = 25) -> str:
+        """The last lines of the run's train.log, progress-bar redraws collapsed."""
+        try:
+            text = (job.out_dir / "train.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        shown = [next((s for s in reversed(line.split("\r")) if s.strip()), "") for line in text.split("\n")]
+        return "\n".join([s for s in shown if s.strip()][-lines:])
+
+    def _new_run_dir(self, raw_name: str) -> Path:
+        name = sanitize_name(raw_name)
+        runs = self.runs.resolve()
+        out = (runs / name).resolve()
+        if out.parent != runs:
+            raise JobError(f"run name {raw_name!r} must name a folder directly inside {runs}")
+        if out.exists():
+            raise JobError(f"a run named {name!r} already exists in {runs}; choose another name")
+        return out
+
+    def _command(self, out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size) -> list[str]:
+        base, coco_root = Path(base), Path(coco_root)
+        load_checkpoint(base)  # CheckpointError (a ValueError) now rather than in the log later
+        splits = available_splits(coco_root) if coco_root.is_dir() else []
+        for wanted in (split, val_split):
+            if wanted is not None and wanted not in splits:
+                have = ", ".join(splits) or "none"
+                raise JobError(f"split {wanted!r} is not under {coco_root} (splits there: {have})")
+        if (steps is None) == (epochs is None):
+            raise JobError("give either steps or epochs")
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise JobError(f"steps must be between 1 and {MAX_STEPS} (longer runs: python -m captioning train)")
+        if epochs is not None and epochs < 1:
+            raise JobError(f"epochs must be at least 1 (got {epochs})")
+        if lr <= 0 or batch_size < 1:
+            raise JobError("the learning rate must be positive and the batch size at least 1")
+        flags = {
+            "--coco-root": coco_root,
+            "--train-split": split,
+            "--out": out,
+            "--init-from": base.resolve(),
+            "--lr": lr,
+            "--batch-size": batch_size,
+            "--epochs": epochs or 10**6,
+            "--max-steps": steps or MAX_STEPS,
+            "--log-every": LOG_EVERY,
+        }
+        cmd = [self.python, "-m", "captioning", "train", *(str(x) for pair in flags.items() for x in pair)]
+        cmd += ["--val-split", val_split] if val_split else ["--no-val"]
+        if ids_file is not None:
+            read_ids_file(Path(ids_file))  # DatasetError now for a bad file
+            cmd += ["--train-ids", str(Path(ids_file).resolve())]
+        if self.cache_dir is not None:
+            cmd += ["--cache-dir", str(self.cache_dir)]
+        return cmd
+
+    def _save(self, job: Job) -> None:
+        self.runs.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.job_file, json.dumps(asdict(job), indent=2))
+
+    def _alive(self, job: Job) -> bool:
+        child = self._children.get(job.pid)
+        if child is not None:
+            return child.poll() is None
+        try:  # started by an earlier server process: check the pid is still that trainer
+            os.kill(job.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            stat = Path(f"/proc/{job.pid}/stat").read_text()
+            cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return not Path("/proc/self").exists()  # gone just now; without /proc (macOS) trust the pid
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return False  # exited, not yet reaped
+        return not cmdline or job.out in cmdline  # empty while exiting; another command: the pid was reused

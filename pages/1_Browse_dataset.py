@@ -1,0 +1,86 @@
+"""Browse a COCO split: search and page through images, open one (?image=ID), score the model's captions."""
+
+import math
+
+import streamlit as st
+
+import app_ui
+from captioning.app_support import order_ids, score_images, search_ids, tile_text
+
+PER_PAGE = 12
+ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first": "BLEU-4"}
+
+st.set_page_config(page_title="Browse dataset", page_icon=":frame_with_picture:", layout="wide")
+st.title("Browse the dataset")
+root, split_name = app_ui.coco_picker()
+split = app_ui.split_or_stop(root, split_name)
+entry = app_ui.model_picker(required=False)
+decoding = app_ui.decoding_controls() if entry else {}
+model = app_ui.captioner(entry.path) if entry else None
+setting = (root, split_name, str(entry.path) if entry else "", tuple(sorted(decoding.items())))
+scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # image id -> caption, BLEU-4, CIDEr
+
+
+def score(ids: list[int]) -> None:
+    bar = st.progress(0.0, text=f"Captioning {len(ids)} images...")
+    progress = lambda done, total: bar.progress(
+        done / total, f"Captioned {done}/{total}" + "; scoring..." * (done == total)
+    )
+    scores.update(score_images(model, split, ids, on_batch=progress, **decoding))
+    bar.empty()
+
+
+if "image" in st.query_params:
+    raw = st.query_params["image"]
+    if st.button("Back to all images", icon=":material/arrow_back:"):
+        del st.query_params["image"]
+        st.rerun()
+    image_id = int(raw) if raw.isdigit() else None
+    if image_id not in split.files:
+        st.warning(f"There is no image with id {raw!r} in split {split_name}.")
+        st.stop()
+    left, right = st.columns(2)
+    left.image(str(split.files[image_id]), caption=f"COCO image {image_id} (link: ?image={image_id})", width="stretch")
+    right.subheader("Reference captions")
+    right.markdown("\n".join(f"- {c}" for c in split.captions[image_id]))
+    if model is None:
+        right.info("Choose a model in the sidebar to compare its caption.")
+        st.stop()
+    if image_id not in scores:
+        score([image_id])
+    if image_id not in scores:
+        right.warning(f"{split.files[image_id]} could not be read, so it has no model caption.")
+        st.stop()
+    right.subheader("Model caption")
+    right.markdown(f"**{scores[image_id]['caption']}**")
+    a, b = right.columns(2)
+    a.metric("BLEU-4", f"{scores[image_id]['BLEU-4']:.3f}")
+    b.metric("CIDEr", f"{scores[image_id]['CIDEr']:.3f}", help="with document frequencies from the whole split")
+    st.stop()
+
+search, sort, paging = st.columns([3, 2, 1])
+query = search.text_input("Search reference captions", placeholder="e.g. dog frisbee")
+key = ORDERS[sort.selectbox("Order", list(ORDERS), help="score images first to sort by score")]
+ids = order_ids(search_ids(split, query), scores, key)
+pages = max(1, math.ceil(len(ids) / PER_PAGE))
+page = paging.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{query}-{key}")
+shown = ids[(page - 1) * PER_PAGE : page * PER_PAGE]
+st.caption(f"{len(ids)} of {len(split)} images in {split_name} match; {len(scores)} scored with the selected model.")
+if model is not None:
+    one, everything, _ = st.columns([1, 1, 3])
+    if one.button("Score this page", icon=":material/speed:"):
+        score([i for i in shown if i not in scores])
+        st.rerun()
+    if everything.button(f"Score all {len(split)} images", icon=":material/playlist_play:"):
+        score([i for i in split.ids if i not in scores])
+        st.rerun()
+if not ids:
+    st.info(f"No reference caption in {split_name} contains \u201c{query}\u201d.")
+for row in range(0, len(shown), 4):
+    for col, i in zip(st.columns(4), shown[row : row + 4], strict=False):
+        tile = col.container(border=True)
+        tile.image(str(split.files[i]), width="stretch")
+        tile.caption(tile_text(i, split.captions[i], scores.get(i)))
+        if tile.button("Open image", key=f"open-{i}"):
+            st.query_params["image"] = str(i)
+            st.rerun()

@@ -1,0 +1,61 @@
+"""Training logs: loss, perplexity and validation scores of runs (overlaid), or of an uploaded seed-project log."""
+
+import streamlit as st
+
+from captioning import catalog
+from captioning.app_support import epochs_frame, line_chart, runs_summary, steps_frame
+from captioning.runlog import parse_seed_log, read_metrics
+
+SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
+
+st.set_page_config(page_title="Training logs", page_icon=":chart_with_downwards_trend:", layout="wide")
+st.title("Training logs")
+st.caption(
+    "Loss and perplexity per training step, validation BLEU-4 and CIDEr per epoch. Pick several runs to compare."
+)
+runs = {f"{r.name} ({r.status.replace('_', ' ')})": r for r in catalog.list_runs()}
+pick, upload = st.columns([3, 2])
+chosen = pick.multiselect(
+    "Runs to compare",
+    list(runs),
+    default=list(runs)[:1],
+    placeholder="Choose one or more runs",
+    help=f"runs under {catalog.runs_dir()}",
+)
+uploaded = upload.file_uploader("Or plot a seed-project log", type=["txt", "log"], help=f"lines like: {SEED_EXAMPLE}")
+smoothing = st.sidebar.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, help="0 shows the raw loss")
+
+records = {runs[label].name: read_metrics(runs[label].metrics) for label in chosen}
+if uploaded is not None:
+    seed = parse_seed_log(uploaded.getvalue().decode("utf-8", errors="replace"))
+    if seed:
+        records[f"upload: {uploaded.name}"] = seed
+    else:
+        st.warning(f"{uploaded.name} has no training lines like `{SEED_EXAMPLE}`.")
+if not runs and not records:
+    st.info(
+        f"No training runs yet (none in `{catalog.runs_dir()}`). Start one on the **Fine-tune** page or with "
+        "`python -m captioning train --coco-root data/coco --out runs/NAME`, or upload a seed-project log above."
+    )
+    st.stop()
+if not records:
+    st.info("Choose one or more runs above to plot them.")
+    st.stop()
+
+steps = steps_frame(records, smoothing)
+if steps.empty:
+    st.info("No training steps logged yet for the chosen runs.")
+else:
+    left, right = st.columns(2)
+    left.altair_chart(line_chart(steps, "step", "loss", "Training loss"), width="stretch")
+    right.altair_chart(line_chart(steps, "step", "perplexity", "Perplexity (log scale)", log_y=True), width="stretch")
+
+epochs = epochs_frame(records)
+if epochs.empty:
+    st.caption("No validation scores: they are logged at the end of each epoch when the run has a validation split.")
+else:
+    for col, metric in zip(st.columns(2), ("BLEU-4", "CIDEr"), strict=True):
+        df = epochs[epochs.metric == metric].rename(columns={"value": metric})
+        col.altair_chart(line_chart(df, "epoch", metric, f"Validation {metric}", points=True), width="stretch")
+
+st.dataframe(runs_summary(records), hide_index=True)

@@ -1,0 +1,84 @@
+"""Fine-tune a model on a COCO split in the background, watch it live, cancel it cleanly (one run at a time)."""
+
+from pathlib import Path
+
+import streamlit as st
+
+import app_ui
+from captioning import catalog
+from captioning.app_support import line_chart, steps_frame
+from captioning.data import available_splits
+from captioning.jobs import MAX_STEPS, JobError, default_name
+
+st.set_page_config(page_title="Fine-tune", page_icon=":hammer_and_wrench:", layout="wide")
+st.title("Fine-tune a model")
+st.caption(
+    "Continue training a model on a COCO split in the background, one run at a time. Progress shows here "
+    "live, also after a reload or in another tab; a finished run joins Home's checkpoint selector."
+)
+manager = app_ui.job_manager(str(catalog.runs_dir()))
+
+
+@st.fragment(run_every=2)
+def live() -> None:
+    status = manager.status()
+    if status is None or not status.running:
+        st.rerun()  # the run ended: show its result and the launch form
+    st.subheader(f"Training run {status.job.name}")
+    st.progress(status.fraction, text=status.progress_text())
+    if status.state == "starting":
+        st.caption("Loading the data and caching image features; the first step follows.")
+    if status.steps:
+        st.altair_chart(
+            line_chart(steps_frame({status.job.name: status.steps}), "step", "loss", "Loss"), width="stretch"
+        )
+    if st.button(
+        "Cancel",
+        key="cancel",
+        icon=":material/stop:",
+        disabled=status.state == "stopping",
+        help="stops after the current step and saves a resumable last.pt",
+    ):
+        manager.cancel()
+    with st.expander("Log"):
+        st.code(status.log_tail or "(nothing yet)", language=None)
+
+
+status = manager.status()
+if status is not None and status.running:
+    live()
+    st.stop()
+if status is not None:
+    level, message = status.summary()
+    getattr(st, level)(message)
+    if level == "error":
+        st.code(status.log_tail or "(empty log)", language=None)
+
+checkpoints = catalog.list_checkpoints()
+if not checkpoints:
+    st.info("Fine-tuning starts from a model, and there is none yet. " + catalog.GET_A_MODEL)
+    st.stop()
+root, split = app_ui.coco_picker(prefer="train", label="Training split")
+st.session_state.setdefault("run_name", default_name())
+with st.form("launch"):
+    bases = {c.label: c.path for c in checkpoints}
+    base = st.selectbox("Base checkpoint", list(bases), help="training continues from this model and keeps its words")
+    name = st.text_input("Run name", key="run_name", help="letters, digits, - and _; saved under runs/NAME")
+    left, right = st.columns(2)
+    unit = left.radio("Length in", ["steps", "epochs"], horizontal=True)
+    amount = left.number_input("How many", 1, MAX_STEPS, 200, help=f"at most {MAX_STEPS} steps either way")
+    lr = right.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 1e-4, format_func=lambda v: f"{v:.0e}")
+    batch = right.select_slider("Batch size", [8, 16, 32, 64], 32)
+    splits = ["(none)"] + available_splits(Path(root))
+    val = left.selectbox("Validation split", splits, index=splits.index("val") if "val" in splits else 0)
+    ids = right.text_input("Image ids file (optional)", help="only train on these ids: one per line or a JSON list")
+    go = st.form_submit_button(f"Fine-tune on {split}", type="primary", icon=":material/play_arrow:")
+if go:
+    options = {"val_split": None if val == "(none)" else val, "ids_file": ids.strip() or None, "lr": lr}
+    try:
+        manager.start(name, bases[base], root, split, batch_size=batch, **options, **{unit: int(amount)})
+    except (JobError, ValueError, OSError) as exc:
+        st.error(f"Could not start: {exc}")
+    else:
+        del st.session_state["run_name"]
+        st.rerun()

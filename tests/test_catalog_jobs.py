@@ -1,0 +1,191 @@
+"""captioning.catalog (which models and logs the app offers) and captioning.jobs (one background fine-tune).
+
+The job tests run a stand-in trainer (a short script that writes metrics.jsonl like the real one) so they
+take a second; tests/test_app.py runs the real `python -m captioning train` through the Fine-tune page.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from captioning import catalog
+from captioning.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
+
+FAKE_TRAINER = f"""#!{sys.executable}
+# Stand-in for `python -m captioning train`: logs like it, sleeps, saves last.pt on SIGTERM.
+import json, os, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+log = open(out / "metrics.jsonl", "a")
+def write(record):
+    log.write(json.dumps(record) + "\\n"); log.flush()
+def stop(signum, frame):
+    (out / "last.pt").write_bytes(b"resumable")
+    write({{"kind": "event", "event": "stopped", "step": 3}}); sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+write({{"kind": "event", "event": "start", "step": 0, "total_steps": 10}})
+if os.environ.get("FAKE_TRAINER") == "fail":
+    print("error: no annotations for split 'train'", flush=True); sys.exit(2)
+for step in (1, 2, 3):
+    write({{"kind": "step", "step": step, "loss": 4.0 - step, "total_steps": 10}})
+if os.environ.get("FAKE_TRAINER") == "finish":
+    write({{"kind": "event", "event": "finished", "step": 3}}); sys.exit(0)
+print("training...", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text(FAKE_TRAINER)
+    path.chmod(0o755)
+    return str(path)
+
+
+def wait_for(manager: JobManager, done, timeout: float = 20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = manager.status()
+        if done(status):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"not there after {timeout} s: {manager.status()}")
+
+
+# catalog ------------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_are_the_shipped_model_and_runs_with_best_pt(tiny_run, tmp_path, monkeypatch):
+    default = tmp_path / "checkpoints" / "default.pt"
+    default.parent.mkdir()
+    shutil.copy(tiny_run / "best.pt", default)
+    shutil.copy(tiny_run / "metrics.jsonl", default.parent / "default-metrics.jsonl")
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "good")
+    (runs / "training").mkdir()
+    (runs / "training" / "metrics.jsonl").write_text(json.dumps({"kind": "event", "event": "start"}) + "\n")
+    shutil.copytree(tiny_run, runs / ".hidden")
+    monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(default))
+    monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(runs))
+
+    cider = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])  # last record: the end event
+    models = catalog.list_checkpoints()
+    assert [m.run for m in models] == [None, "good"]
+    assert models[0].label == f"Shipped model (val CIDEr {cider['best_cider']:.3f})"
+    assert (
+        models[1].label == f"good (val CIDEr {cider['best_cider']:.3f})" and models[1].path == runs / "good" / "best.pt"
+    )
+    logs = catalog.list_runs()
+    assert {(r.name, r.status) for r in logs} == {("shipped model", "finished"), ("good", "finished"),
+                                                  ("training", "running")}  # fmt: skip
+
+
+def test_no_model_anywhere_gives_an_empty_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(tmp_path / "missing.pt"))
+    monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(tmp_path / "no-runs"))
+    assert catalog.list_checkpoints() == [] and catalog.list_runs() == []
+    assert "python -m captioning train" in catalog.GET_A_MODEL
+
+
+def test_defaults_without_environment(monkeypatch):
+    monkeypatch.delenv("CAPTIONING_CHECKPOINT", raising=False)
+    monkeypatch.delenv("CAPTIONING_RUNS_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert catalog.default_checkpoint() == repo / "checkpoints" / "default.pt"
+    assert catalog.default_log() == repo / "checkpoints" / "default-metrics.jsonl"
+    assert catalog.runs_dir() == repo / "runs"
+
+
+def test_a_corrupt_checkpoint_is_listed_without_a_score(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "broken").mkdir(parents=True)
+    (tmp_path / "runs" / "broken" / "best.pt").write_bytes(b"garbage")
+    monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(tmp_path / "missing.pt"))
+    monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(tmp_path / "runs"))
+    [entry] = catalog.list_checkpoints()
+    assert entry.label == "broken" and entry.cider is None  # loading it is where the app reports the error
+
+
+# jobs: names and validation -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, name",
+    [("my run!", "my-run"), ("../../etc/passwd", "etc-passwd"), ("ok_name-2", "ok_name-2"), ("x" * 100, "x" * 64)],
+)
+def test_run_names_are_sanitised(raw, name):
+    assert sanitize_name(raw) == name
+
+
+def test_a_name_with_nothing_usable_is_refused():
+    with pytest.raises(JobError, match="at least one letter or digit"):
+        sanitize_name("../ !!")
+
+
+def test_start_refuses_bad_requests_with_clear_reasons(tiny_checkpoint, tiny_coco, tmp_path, fake_python):
+    manager = JobManager(tmp_path / "runs", python=fake_python)
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"nope")
+    cases = [
+        (dict(name="taken"), "already exists"),
+        (dict(split="test2017"), "split 'test2017' is not under"),
+        (dict(val_split="nope"), "split 'nope' is not under"),
+        (dict(steps=MAX_STEPS + 1), f"between 1 and {MAX_STEPS}"),
+        (dict(steps=None), "either steps or epochs"),
+        (dict(base=bad), "bad.pt"),  # the message is load_checkpoint's
+        (dict(base=tmp_path / "none.pt"), "does not exist"),
+    ]
+    for change, message in cases:
+        args = dict(name="new", base=tiny_checkpoint, coco_root=tiny_coco, split="train", steps=10) | change
+        with pytest.raises(ValueError, match=message):
+            manager.start(**args)
+    assert manager.current() is None and not (tmp_path / "runs" / "new").exists()
+
+
+# jobs: one at a time, live status, re-attach, cancel ----------------------------------------------------------------
+
+
+def test_one_job_at_a_time_and_a_second_manager_reattaches(tiny_checkpoint, tiny_coco, tmp_path, fake_python):
+    runs = tmp_path / "runs"
+    manager = JobManager(runs, python=fake_python)
+    job = manager.start("first", tiny_checkpoint, tiny_coco, "train", val_split="val", steps=10)
+    assert job.out_dir == (runs / "first").resolve() and (runs / ".active_job.json").is_file()
+    status = wait_for(manager, lambda s: s.step == 3)
+    assert status.state == "running" and status.total_steps == 10 and status.fraction == pytest.approx(0.3)
+    assert [r["loss"] for r in status.steps] == [3.0, 2.0, 1.0]
+
+    other = JobManager(runs, python=fake_python)  # a reloaded page after a server restart, or another server
+    assert other.current().name == "first" and other.status().running
+    with pytest.raises(JobError, match="still training"):
+        other.start("second", tiny_checkpoint, tiny_coco, "train", steps=10)
+    assert other.cancel()
+    status = wait_for(manager, lambda s: not s.running)
+    assert status.state == "stopped" and (runs / "first" / "last.pt").is_file()
+    assert not manager.cancel()  # nothing left to cancel
+
+    manager.start("second", tiny_checkpoint, tiny_coco, "train", epochs=1)  # the slot is free again
+    assert manager.current().name == "second"
+    manager.cancel()
+    manager.wait(timeout=20)
+
+
+def test_finished_and_failed_jobs_report_their_end(tiny_checkpoint, tiny_coco, tmp_path, fake_python, monkeypatch):
+    manager = JobManager(tmp_path / "runs", python=fake_python)
+    monkeypatch.setenv("FAKE_TRAINER", "finish")
+    manager.start("done", tiny_checkpoint, tiny_coco, "train", steps=10)
+    assert manager.wait(timeout=20) == 0
+    assert manager.status().state == "finished"
+
+    monkeypatch.setenv("FAKE_TRAINER", "fail")
+    manager.start("broken", tiny_checkpoint, tiny_coco, "train", steps=10)
+    assert manager.wait(timeout=20) == 2
+    status = manager.status()
+    assert status.state == "failed" and "no annotations for split" in status.log_tail
+    assert json.loads((tmp_path / "runs" / ".active_job.json").read_text())["name"] == "broken"

@@ -1,0 +1,54 @@
+"""The shipped default model: loads safely, captions real photos, and still scores what its card says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO, SHARED_COCO, needs_shared_coco
+
+from captioning.data import CocoSplit, load_image
+from captioning.evaluate import evaluate
+from captioning.inference import DEFAULT_CHECKPOINT, Captioner
+from captioning.vocab import tokenize
+
+SCORES = REPO / "checkpoints" / "default-scores.json"
+CARD = REPO / "checkpoints" / "README.md"
+
+
+@pytest.fixture(scope="module")
+def captioner() -> Captioner:
+    return Captioner.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
+
+
+def test_default_checkpoint_is_small_and_loads_with_weights_only():
+    assert DEFAULT_CHECKPOINT.stat().st_size < 40 * 2**20
+    ckpt = torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["decoder"] == "attention" and ckpt["backbone"]["state"] is None
+    assert "train_state" not in ckpt
+
+
+@needs_shared_coco
+def test_default_model_describes_a_real_photo(captioner):
+    val = CocoSplit.load(SHARED_COCO, "val")
+    caption = captioner.caption([load_image(val.files[val.ids[0]])])[0]
+    assert len(caption.words) >= 4, caption.text
+    assert caption.attention is not None and len(caption.attention) == len(caption.words)
+    assert caption.attention[0].shape == (7, 7)
+
+
+@pytest.mark.slow
+@needs_shared_coco
+def test_card_scores_match_what_evaluate_reports_today(captioner):
+    recorded = json.loads(SCORES.read_text())["scores"]["beam 3"]
+    assert f"{recorded['CIDEr']:.3f}" in CARD.read_text()  # the card shows the recorded number
+    val = CocoSplit.load(SHARED_COCO, "val")
+    scores, preds, _ = evaluate(captioner, val, "beam", 3, meteor=False)
+    assert scores["images"] == 250
+    assert abs(scores["CIDEr"] - recorded["CIDEr"]) <= 0.01
+    assert abs(scores["BLEU-4"] - recorded["BLEU-4"]) <= 0.01
+    train = {" ".join(tokenize(c)).rstrip(" .") for c in CocoSplit.load(SHARED_COCO, "train").all_captions()}
+    norm = [" ".join(tokenize(c)).rstrip(" .") for c in preds.values()]
+    assert len(set(norm)) / len(norm) >= 0.60  # describes, not recites
+    assert sum(c in train for c in norm) / len(norm) <= 0.25
