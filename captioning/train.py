@@ -7,6 +7,7 @@ exactly, stops cleanly on request, and runs under `torchrun` with DistributedDat
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -112,7 +113,8 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
     if ctx.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
-            out / "config.json", _json({"train": cfg.to_dict(), "model": model.cfg.to_dict(), "world_size": ctx.world})
+            out / "config.json",
+            json.dumps({"train": cfg.to_dict(), "model": model.cfg.to_dict(), "world_size": ctx.world}, indent=2),
         )
         vocab.save(out / "vocab.json")
 
@@ -148,7 +150,8 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         ts = resume_ckpt["train_state"]
         state.update({k: ts[k] for k in state})
         optimizer.load_state_dict(ts["optimizer"])
-        scaler.load_state_dict(ts.get("scaler", {})) if ts.get("scaler") else None
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
         torch.set_rng_state(ts["rng_cpu"])
         if log:
             log.truncate_after(state["step"])
@@ -360,9 +363,3 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
-
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=2)
