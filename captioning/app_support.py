@@ -142,6 +142,19 @@ def steps_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataF
     )
 
 
+def rewards_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataFrame:
+    """run, step, reward (smoothed per run) from the self-critical (SCST) steps of each run."""
+    frames = []
+    for name, records in runs.items():
+        df = pd.DataFrame([r for r in records if r.get("kind") == "step" and "reward" in r])
+        if df.empty:
+            continue
+        df = df.sort_values("step").drop_duplicates("step", keep="last")
+        df["reward"] = ema(df["reward"], smoothing)
+        frames.append(df.assign(run=name)[["run", "step", "reward"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "reward"])
+
+
 def epochs_frame(runs: dict[str, list[dict]], metrics: tuple[str, ...] = ("BLEU-4", "CIDEr")) -> pd.DataFrame:
     """Long format run, epoch, metric, value from each run's validation (epoch) records."""
     rows = [

@@ -44,6 +44,25 @@ class CachedPairs(Dataset):
         return self.store.get([image_id], [view])[0], caption
 
 
+class CachedImages(Dataset):
+    """(features, image id) of every cached image, for self-critical training; views alternate
+    by epoch as in `CachedPairs`."""
+
+    def __init__(self, store: FeatureStore, seed: int = 0) -> None:
+        self.store, self.seed, self.epoch = store, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.store.ids)
+
+    def __getitem__(self, i: int):
+        image_id = self.store.ids[i]
+        view = (i + self.epoch + self.seed) % self.store.views
+        return self.store.get([image_id], [view])[0], image_id
+
+
 class ImagePairs(Dataset):
     """(preprocessed image, caption ids) for end-to-end training; an unreadable image gives
     (None, file name) so the batch can drop it and the epoch can report it."""

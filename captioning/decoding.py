@@ -187,3 +187,30 @@ def _hypothesis(
         probs,
         None if alpha is None else att,
     )
+
+
+def sample(
+    decoder: nn.Module, feats: torch.Tensor, vocab: Vocabulary, k: int = 5, max_len: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`k` captions per image drawn word by word from the decoder's distribution, with gradients.
+
+    Returns ids (B*k, T), rows b*k .. b*k+k-1 for image b, `<pad>` after `<end>`; and the
+    log-probability of each drawn id (B*k, T), 0 after `<end>`. Uses the global RNG.
+    """
+    state = decoder.init_state(feats)
+    state = {key: v.repeat_interleave(k, dim=0) for key, v in state.items()}
+    n = feats.size(0) * k
+    tokens = torch.full((n,), vocab.start_id, dtype=torch.long, device=feats.device)
+    alive = torch.ones(n, dtype=torch.bool, device=feats.device)
+    ids, logps = [], []
+    for t in range(max_len + 1):  # up to max_len words, then <end>
+        logp, state, _ = decoder.step(tokens, state)
+        logp = torch.log_softmax(_allowed(logp.float(), vocab, last=t == max_len), dim=-1)  # renormalised
+        tokens = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
+        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        ids.append(torch.where(alive, tokens, torch.full_like(tokens, vocab.pad_id)))
+        logps.append(chosen * alive)
+        alive = alive & (tokens != vocab.end_id)
+        if not bool(alive.any()):
+            break
+    return torch.stack(ids, 1), torch.stack(logps, 1)

@@ -14,13 +14,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from captioning import decoding
 from captioning.backbones import build_backbone, get_spec
 from captioning.config import ModelConfig
 
 State = dict[str, torch.Tensor]
 
 
-class ShowTellDecoder(nn.Module):
+class Decoder(nn.Module):
+    """What both decoders share: `forward` teacher-forces, or with `sample=` draws captions.
+
+    Sampling goes through `forward` so that DistributedDataParallel sees it (SCST).
+    """
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        captions: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        sample: dict | None = None,
+    ):
+        if sample is not None:
+            return decoding.sample(self, feats, **sample)
+        return self.teacher_forcing(feats, captions, lengths)
+
+
+class ShowTellDecoder(Decoder):
     feature_kind = "pooled"  # consumes (B, C)
 
     def __init__(self, cfg: ModelConfig, channels: int) -> None:
@@ -43,7 +62,9 @@ class ShowTellDecoder(nn.Module):
         logits = self.fc(out[:, 0])  # (B, V)
         return F.log_softmax(logits, dim=-1), {"h": h[0], "c": c[0]}, None
 
-    def forward(self, feats: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def teacher_forcing(
+        self, feats: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
         """Teacher forcing. captions (B, T) start with <start>; returns logits (B, T-1, V)."""
         img = self.dropout(self.img_embed(feats)).unsqueeze(1)  # (B, 1, E)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
@@ -54,7 +75,7 @@ class ShowTellDecoder(nn.Module):
         return self.fc(self.dropout(out[:, 1:])), None  # (B, T-1, V)
 
 
-class AttentionDecoder(nn.Module):
+class AttentionDecoder(Decoder):
     feature_kind = "grid"  # consumes (B, N, C)
 
     def __init__(self, cfg: ModelConfig, channels: int) -> None:
@@ -98,7 +119,7 @@ class AttentionDecoder(nn.Module):
         logits, state, alpha = self._attend_and_step(self.embed(tokens), state)
         return F.log_softmax(logits, dim=-1), state, alpha
 
-    def forward(
+    def teacher_forcing(
         self, grid: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing; returns logits (B, T-1, V) and attention (B, T-1, N).

@@ -27,11 +27,12 @@ from captioning.checkpoint import (
 )
 from captioning.config import ModelConfig
 from captioning.data import CocoSplit, collate_captions, warn_skipped
-from captioning.datasets import CachedPairs, ImagePairs, batches_for_epoch, encode_captions
+from captioning.datasets import CachedImages, CachedPairs, ImagePairs, batches_for_epoch, encode_captions
 from captioning.inference import resolve_device
 from captioning.io import atomic_write_text
 from captioning.model import CaptionModel, caption_loss, feature_kind
 from captioning.runlog import RunLog
+from captioning.scst import scst_loss
 from captioning.trainconfig import TrainConfig
 from captioning.validate import validate
 from captioning.vocab import Vocabulary
@@ -56,7 +57,16 @@ class FitResult:
     out_dir: Path
 
 
-RESUME_OVERRIDES = ("epochs", "max_steps", "patience", "device", "num_workers", "log_every", "save_every")
+RESUME_OVERRIDES = (
+    "epochs",
+    "scst_epochs",
+    "max_steps",
+    "patience",
+    "device",
+    "num_workers",
+    "log_every",
+    "save_every",
+)
 
 
 def fit(
@@ -135,13 +145,22 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         if not cfg.end_to_end
         else ImagePairs(pairs, train, model.spec.preprocess, cfg.flip, cfg.seed)
     )
+    images, cider = None, None
+    if cfg.scst_epochs:  # every rank scores its own samples, so every rank needs the references
+        from captioning.scst import CiderD
+
+        images = CachedImages(stores["train"], cfg.seed)
+        cider = CiderD.from_captions({i: train.captions[i] for i in stores["train"].ids})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     trainable = dist.wrap(model if cfg.end_to_end else model.decoder, ctx)
-    steps_per_epoch = math.ceil(math.ceil(len(dataset) / ctx.world) / cfg.batch_size)
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
+    xe_per_epoch = math.ceil(math.ceil(len(dataset) / ctx.world) / cfg.batch_size)
+    scst_per_epoch = math.ceil(math.ceil(len(images) / ctx.world) / cfg.scst_batch_size) if images else 0
+    xe_steps = cfg.epochs * xe_per_epoch
+    total_steps = min(xe_steps + cfg.scst_epochs * scst_per_epoch, cfg.max_steps or 10**12)
+    xe_total = min(xe_steps, total_steps)  # what the cross-entropy lr schedule spans
 
     torch.manual_seed(cfg.seed + 1)  # dropout draws start the same whether or not the cache was just built
     state = {"step": 0, "epoch": 0, "batch": 0, "best_cider": None, "bad_epochs": 0, "elapsed": 0.0}
@@ -163,7 +182,8 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
                 "event": "start",
                 "step": 0,
                 "epoch": 0,
-                "steps_per_epoch": steps_per_epoch,
+                "steps_per_epoch": xe_per_epoch,
+                "scst_steps_per_epoch": scst_per_epoch,
                 "total_steps": total_steps,
                 "images": len(train),
                 "captions": len(pairs),
@@ -199,14 +219,17 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
     last_metrics: dict = resume_ckpt.get("metrics", {}) if resume_ckpt else {}
     status, t0 = "finished", time.time() - state["elapsed"]
     bad_images: list[str] = []
-    while state["epoch"] < cfg.epochs and state["step"] < total_steps:
+    while state["epoch"] < cfg.epochs + cfg.scst_epochs and state["step"] < total_steps:
         model.train()
-        dataset.set_epoch(state["epoch"])
-        batches = batches_for_epoch(len(dataset), cfg.batch_size, cfg.seed, state["epoch"], ctx.rank, ctx.world)
+        scst = state["epoch"] >= cfg.epochs  # cross-entropy first, then self-critical epochs
+        data, steps_per_epoch = (images, scst_per_epoch) if scst else (dataset, xe_per_epoch)
+        data.set_epoch(state["epoch"])
+        batch_size = cfg.scst_batch_size if scst else cfg.batch_size
+        batches = batches_for_epoch(len(data), batch_size, cfg.seed, state["epoch"], ctx.rank, ctx.world)
         loader = DataLoader(
-            dataset,
+            data,
             batch_sampler=batches[state["batch"] :],
-            collate_fn=_collate_skip(bad_images),
+            collate_fn=_collate_images if scst else _collate_skip(bad_images),
             num_workers=cfg.num_workers if cfg.end_to_end else 0,
             generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),  # not the global RNG (dropout's)
         )
@@ -214,24 +237,30 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         for batch in loader:
             if batch is None:  # every image of this batch was unreadable
                 continue
-            inputs, captions, lengths = batch
             t_step = time.time()
-            inputs, captions = inputs.to(device), captions.to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                extra = {"from_images": True} if cfg.end_to_end else {}
-                logits, alphas = trainable(inputs, captions, lengths, **extra)
-                loss = caption_loss(
-                    logits.float(),
-                    captions,
-                    None if alphas is None else alphas.float(),
-                    cfg.label_smoothing,
-                    cfg.attention_reg,
-                )
+            reward = None
+            if scst:
+                inputs, image_ids = batch
+                inputs = inputs.to(device)
+                loss, reward = scst_loss(trainable, inputs, image_ids, vocab, cider, cfg.scst_samples, cfg.scst_max_len)
+            else:
+                inputs, captions, lengths = batch
+                inputs, captions = inputs.to(device), captions.to(device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    extra = {"from_images": True} if cfg.end_to_end else {}
+                    logits, alphas = trainable(inputs, captions, lengths, **extra)
+                    loss = caption_loss(
+                        logits.float(),
+                        captions,
+                        None if alphas is None else alphas.float(),
+                        cfg.label_smoothing,
+                        cfg.attention_reg,
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            lr = _lr_at(cfg, state["step"], total_steps, steps_per_epoch)
+            lr = cfg.scst_lr if scst else _lr_at(cfg, state["step"], xe_total, xe_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             scaler.step(optimizer)
@@ -244,13 +273,20 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
                     "kind": "step",
                     "step": state["step"],
                     "epoch": state["epoch"] + state["batch"] / steps_per_epoch,
-                    "loss": loss_value,
-                    "perplexity": math.exp(min(loss_value, 50.0)),
-                    "lr": lr,
-                    "elapsed": round(time.time() - t0, 3),
-                    "images_per_s": round(inputs.size(0) * ctx.world / max(time.time() - t_step, 1e-6), 1),
-                    "total_steps": total_steps,
                 }
+                if scst:  # a policy-gradient loss hovers around 0: the reward is the curve to watch
+                    mean_reward = dist.mean(torch.tensor(reward, device=ctx.device), ctx)
+                    record.update({"phase": "scst", "scst_loss": loss_value, "reward": mean_reward})
+                else:
+                    record.update({"loss": loss_value, "perplexity": math.exp(min(loss_value, 50.0))})
+                record.update(
+                    {
+                        "lr": lr,
+                        "elapsed": round(time.time() - t0, 3),
+                        "images_per_s": round(inputs.size(0) * ctx.world / max(time.time() - t_step, 1e-6), 1),
+                        "total_steps": total_steps,
+                    }
+                )
                 if log:
                     log.write(record)
                 if cb.on_step:
@@ -336,6 +372,10 @@ def _cache(split, backbone, kind, views, cfg, device, progress, cb, name):
         progress=progress,
         on_batch=on_batch,
     )
+
+
+def _collate_images(items):
+    return torch.stack([x for x, _ in items]), [i for _, i in items]
 
 
 def _collate_skip(bad: list[str]):

@@ -46,7 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is None:
             bar = tqdm(total=record["total_steps"], initial=record["step"] - 1, desc="train", unit="step")
         bar.update(record["step"] - bar.n)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['perplexity']:.1f}", lr=f"{record['lr']:.1e}")
+        if "reward" in record:  # self-critical phase
+            bar.set_postfix(reward=f"{record['reward']:.3f}", lr=f"{record['lr']:.1e}")
+        else:
+            bar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{record['perplexity']:.1f}", lr=f"{record['lr']:.1e}")
 
     def on_epoch(record: dict) -> None:
         if rank0:
@@ -103,7 +106,12 @@ def add_train_parsers(sub) -> None:
     p.add_argument("--no-val", action="store_true", help="no validation split")
     p.add_argument("--train-ids", type=Path, help="file of image ids restricting the train split")
     p.add_argument("--val-ids", type=Path)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="cross-entropy epochs (0 with --scst-epochs: SCST only)")
+    p.add_argument("--scst-epochs", type=int, help="self-critical (CIDEr-D reward) epochs after the cross-entropy ones")
+    p.add_argument("--scst-lr", type=float, help="learning rate of the self-critical epochs (default 5e-5)")
+    p.add_argument("--scst-samples", type=int, help="captions sampled per image in SCST (default 5)")
+    p.add_argument("--scst-batch-size", type=int, help="images per SCST step (default 16)")
+    p.add_argument("--scst-max-len", type=int, help="longest sampled caption in words (default 16)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

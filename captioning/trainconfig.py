@@ -40,6 +40,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     attention_reg: float = 1.0  # Xu et al.'s doubly stochastic attention term (attention decoder)
     seed: int = 0
+    # self-critical sequence training after the cross-entropy epochs (cached features only)
+    scst_epochs: int = 0
+    scst_lr: float = 5e-5
+    scst_samples: int = 5  # captions drawn per image; each one's baseline is the others' mean reward
+    scst_batch_size: int = 16  # images per step
+    scst_max_len: int = 16
     # data
     flip: bool = False  # cache a horizontally flipped view and train on both
     end_to_end: bool = False  # no cache: run the CNN every step (and train it, with finetune_cnn)
@@ -61,9 +67,24 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of: {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})")
         if self.val_method not in VAL_METHODS:
             raise ValueError(f"val_method must be one of: {', '.join(VAL_METHODS)} (got {self.val_method!r})")
-        for name in ("epochs", "batch_size", "log_every", "save_every", "vocab_threshold"):
+        for name in ("batch_size", "log_every", "save_every", "vocab_threshold", "scst_batch_size", "scst_max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.epochs < 0 or self.scst_epochs < 0 or self.epochs + self.scst_epochs < 1:
+            raise ValueError(
+                f"epochs and scst_epochs cannot be negative and must add up to at least 1 "
+                f"(got {self.epochs} and {self.scst_epochs})"
+            )
+        if self.scst_epochs:
+            if self.end_to_end:
+                raise ValueError("scst_epochs needs cached features: it cannot run with end_to_end")
+            if self.scst_samples < 2:
+                raise ValueError(
+                    "scst_samples must be at least 2: each sample's baseline is the others' mean "
+                    f"(got {self.scst_samples})"
+                )
+            if self.scst_lr <= 0:
+                raise ValueError(f"scst_lr must be positive (got {self.scst_lr})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 (got {self.max_steps})")
         if self.lr <= 0:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from captioning import catalog
-from captioning.app_support import epochs_frame, line_chart, runs_summary, steps_frame
+from captioning.app_support import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
 from captioning.runlog import parse_seed_log, read_metrics
 
 SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
@@ -49,6 +49,12 @@ else:
     left, right = st.columns(2)
     left.altair_chart(line_chart(steps, "step", "loss", "Training loss"), width="stretch")
     right.altair_chart(line_chart(steps, "step", "perplexity", "Perplexity (log scale)", log_y=True), width="stretch")
+rewards = rewards_frame(records, smoothing)
+if not rewards.empty:
+    st.altair_chart(
+        line_chart(rewards, "step", "reward", "Self-critical phase: mean CIDEr-D reward of sampled captions"),
+        width="stretch",
+    )
 
 epochs = epochs_frame(records)
 if epochs.empty:

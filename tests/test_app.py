@@ -6,6 +6,7 @@ Run: python -m pytest tests/test_app.py   (the fine-tune test starts real traini
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.data import CocoSplit, load_image
 from captioning.inference import Captioner
 from captioning.jobs import JobManager
+from captioning.runlog import read_metrics
 
 SEED_LOG = "\n".join(
     f"Epoch [{e}/2], Step [{s}/300], Loss: {4.0 - e * 0.5 - s / 300:.4f}, Perplexity: 20.0"
@@ -231,6 +233,24 @@ def test_logs_overlay_runs_with_loss_perplexity_and_validation_charts(tiny_run, 
     at.sidebar.slider[0].set_value(0.0).run()
     unsmoothed = chart_data(of_type(at, "vega_lite_chart")[0])[0]
     assert unsmoothed[unsmoothed.run == "run-a"]["loss"].tolist() != raw  # the smoothing slider changes the curve
+
+
+def test_logs_show_the_reward_of_a_self_critical_phase(tiny_run, monkeypatch, tmp_path):
+    runs = point_app(monkeypatch, tmp_path)
+    (runs / "scst").mkdir(parents=True)
+    records = read_metrics(tiny_run / "metrics.jsonl")
+    last = max(r["step"] for r in records if r["kind"] == "step")
+    scst = [{"kind": "step", "step": last + n, "epoch": 6 + n / 4, "phase": "scst", "reward": 0.5 + n / 10,
+             "scst_loss": 0.01, "lr": 1e-4} for n in range(1, 5)]  # fmt: skip
+    (runs / "scst" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records + scst) + "\n")
+    at = open_page("logs")
+    assert not at.exception
+    at.sidebar.slider[0].set_value(0.0).run()
+    charts = {s.get("title"): chart for s, chart in zip(chart_specs(at), of_type(at, "vega_lite_chart"), strict=True)}
+    reward = chart_data(charts["Self-critical phase: mean CIDEr-D reward of sampled captions"])[0]
+    assert reward["reward"].tolist() == pytest.approx([0.6, 0.7, 0.8, 0.9])
+    loss = chart_data(charts["Training loss"])[0]
+    assert loss["step"].max() == last  # the loss curve stops where the reward curve starts
 
 
 def test_logs_plot_an_uploaded_seed_log_and_reject_other_text(monkeypatch, tmp_path):

@@ -202,6 +202,10 @@ def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
             str(out),
             "--epochs",
             "2",
+            "--scst-epochs",
+            "1",
+            "--scst-batch-size",
+            "4",
             "--batch-size",
             "8",
             "--vocab-threshold",
@@ -223,7 +227,9 @@ def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
     steps = [r["step"] for r in records if r["kind"] == "step"]
-    assert steps == list(range(1, 17))  # 120 captions / 2 ranks / batch 8 = 8 steps an epoch, 2 epochs
+    # 120 captions / 2 ranks / batch 8 = 8 steps an epoch, 2 epochs; then 24 images / 2 ranks / 4 = 3 SCST steps
+    assert steps == list(range(1, 20))
+    assert [r["phase"] for r in records if r["kind"] == "step" and "reward" in r] == ["scst"] * 3
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert [r["event"] for r in records if r["kind"] == "event"] == ["start", "finished"]
     image = load_image(sorted((tiny_coco / "val").iterdir())[0])

@@ -1,0 +1,159 @@
+"""Self-critical training: the CIDEr-D reward, sampling, the policy-gradient step, and SCST in fit()."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from pycocoevalcap.cider.cider import Cider
+
+from captioning.checkpoint import load_checkpoint, model_from_checkpoint
+from captioning.config import ModelConfig
+from captioning.decoding import sample
+from captioning.model import CaptionModel
+from captioning.runlog import read_metrics
+from captioning.scst import END, CiderD, scst_loss, words_for_reward
+from captioning.train import Callbacks, fit
+from captioning.trainconfig import TrainConfig
+from captioning.vocab import Vocabulary, tokenize
+
+REFS = {
+    1: ["a man riding a wave on top of a surfboard", "a surfer rides a large wave in the ocean",
+        "a person on a surfboard riding a wave", "a man surfing on a big wave", "surfer riding a wave at the beach"],
+    2: ["a plate of food with broccoli and rice", "a white plate topped with rice and vegetables",
+        "a meal of rice and broccoli on a plate", "food on a plate on a wooden table", "a plate with rice and greens"],
+    3: ["two dogs playing in the grass", "a couple of dogs running on a lawn",
+        "two brown dogs play in a grassy field", "dogs chasing each other on the grass", "two dogs in a park"],
+}  # fmt: skip
+
+
+def test_cider_d_matches_the_coco_scorer():
+    ours = CiderD({i: [c.split() for c in caps] for i, caps in REFS.items()})
+    candidates = {1: "a man riding a wave", 2: "a plate of rice and broccoli on a table", 3: "a dog on the grass"}
+    _, theirs = Cider().compute_score(REFS, {i: [c] for i, c in candidates.items()})
+    for (i, caption), expected in zip(candidates.items(), theirs):
+        assert ours.score(i, caption.split()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_reward_prefers_the_right_image_and_a_finished_sentence():
+    cider = CiderD.from_captions(REFS)
+
+    def reward(image_id, caption):
+        return cider.score(image_id, words_for_reward(tokenize(caption)))
+
+    right = reward(1, "A man riding a wave on a surfboard.")
+    assert right > 1.0 > 0.1 > reward(2, "A man riding a wave on a surfboard.")
+    assert reward(1, "A man riding a") < reward(1, "A man riding a wave")
+    assert words_for_reward(["a", "dog", ",", "running", "."]) == ["a", "dog", "running", END]
+
+
+def _model(decoder: str) -> tuple[CaptionModel, Vocabulary]:
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "cat", "runs", "sleeps"])
+    cfg = ModelConfig("efficientnet_lite0", decoder, 16, 32, 16, 0.0, len(vocab))
+    torch.manual_seed(0)
+    return CaptionModel(cfg), vocab
+
+
+@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+def test_sample_draws_k_captions_per_image_with_gradients(decoder):
+    model, vocab = _model(decoder)
+    feats = torch.randn(3, 1280) if decoder == "showtell" else torch.randn(3, 49, 1280)
+    ids, logps = model.decoder(feats, sample={"vocab": vocab, "k": 4, "max_len": 6})
+    assert ids.shape == logps.shape and ids.size(0) == 12 and ids.size(1) <= 7
+    for row, lp in zip(ids.tolist(), logps.tolist()):
+        n = row.index(vocab.end_id) + 1 if vocab.end_id in row else len(row)
+        assert all(i not in (vocab.pad_id, vocab.start_id) for i in row[:n])  # never drawn
+        assert all(i == vocab.pad_id for i in row[n:]) and all(x == 0 for x in lp[n:])
+        assert all(x < 0 for x in lp[: n - 1])
+    logps.sum().backward()
+    assert model.decoder.fc.weight.grad.abs().sum() > 0
+
+
+def test_policy_gradient_step_makes_better_captions_likelier():
+    """One SCST step raises the log-probability of the samples that beat their siblings."""
+    model, vocab = _model("showtell")
+    feats = torch.randn(2, 1280)
+    refs = {10: ["a dog runs"] * 5, 11: ["a cat sleeps"] * 5}
+    cider = CiderD.from_captions(refs)
+    torch.manual_seed(1)
+    ids, _ = sample(model.decoder, feats, vocab, k=8, max_len=4)
+    rewards = torch.tensor([cider.score([10, 11][n // 8], words_for_reward(vocab.decode(r).lower().split()))
+                            for n, r in enumerate(ids.tolist())])  # fmt: skip
+
+    def seq_logp():
+        with torch.no_grad():
+            lps = []
+            for n, row in enumerate(ids.tolist()):
+                n_words = row.index(vocab.end_id) + 1 if vocab.end_id in row else len(row)
+                caption = torch.tensor([[vocab.start_id, *row[:n_words]]])
+                logits, _ = model.decoder(feats[n // 8 : n // 8 + 1], caption, torch.tensor([n_words + 1]))
+                lps.append(float(logits.log_softmax(-1)[0].gather(1, caption[0, 1:, None]).sum()))
+            return torch.tensor(lps)
+
+    before = seq_logp()
+    optimizer = torch.optim.SGD(model.decoder.parameters(), lr=0.5)
+    torch.manual_seed(1)  # the same samples as above
+    loss, reward = scst_loss(model.decoder, feats, [10, 11], vocab, cider, k=8, max_len=4)
+    assert reward == pytest.approx(float(rewards.mean()), rel=1e-6)
+    loss.backward()
+    optimizer.step()
+    change = seq_logp() - before
+    assert rewards.max() > rewards.min()
+    best, worst = int(rewards.argmax()), int(rewards.argmin())
+    assert change[best] > change[worst]
+
+
+def test_scst_needs_two_samples_and_cached_features():
+    base = dict(coco_root=".", out="runs/x")
+    with pytest.raises(ValueError, match="scst_samples"):
+        TrainConfig(**base, scst_epochs=1, scst_samples=1)
+    with pytest.raises(ValueError, match="end_to_end"):
+        TrainConfig(**base, scst_epochs=1, end_to_end=True)
+    with pytest.raises(ValueError, match="add up to at least 1"):
+        TrainConfig(**base, epochs=0)
+    assert TrainConfig(**base, epochs=0, scst_epochs=2).scst_epochs == 2  # SCST-only fine-tuning
+
+
+def _cfg(coco, tmp_path, **kw) -> TrainConfig:
+    base = dict(coco_root=str(coco), out=str(tmp_path / "run"), batch_size=16, vocab_threshold=1, decoder="attention",
+                attention_size=32, embed_size=32, hidden_size=64, cache_dir=str(tmp_path / "cache"), num_workers=0,
+                log_every=1, seed=0, flip=True, epochs=1, scst_epochs=2, scst_batch_size=6, scst_lr=1e-3)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_runs_self_critical_epochs_after_cross_entropy_and_resumes_exactly(tiny_coco, tmp_path):
+    whole = _cfg(tiny_coco, tmp_path, out=str(tmp_path / "whole"))
+    seen: list[dict] = []
+    result = fit(whole, Callbacks(on_step=seen.append))
+    assert result.status == "finished" and result.epoch == 3
+    records = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    xe = [r for r in steps if "loss" in r]
+    scst = [r for r in steps if r.get("phase") == "scst"]
+    assert len(xe) == 8 and len(scst) == 8  # 120 captions / 16; then 24 images / 6 per step, 2 epochs
+    assert [r["step"] for r in steps] == list(range(1, 17))
+    assert all(r["lr"] == 1e-3 and 0 <= r["reward"] for r in scst)
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]  # validated after each phase epoch
+    assert load_checkpoint(tmp_path / "whole" / "best.pt")["provenance"]["epochs"] >= 1
+
+    parts = replace(whole, out=str(tmp_path / "parts"))
+    seen_parts: list[dict] = []
+    stop = fit(parts, Callbacks(on_step=seen_parts.append, should_stop=lambda: len(seen_parts) == 11))
+    assert stop.status == "stopped" and stop.step == 11  # inside the first SCST epoch
+    fit(parts, Callbacks(on_step=seen_parts.append), resume=True)
+    assert [r.get("reward", r.get("loss")) for r in seen_parts] == pytest.approx(
+        [r.get("reward", r.get("loss")) for r in seen], abs=1e-6
+    )
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["decoder_state"]
+    b = load_checkpoint(tmp_path / "parts" / "last.pt")["decoder_state"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_scst_fine_tunes_an_existing_model(tiny_checkpoint, tiny_coco, tmp_path):
+    cfg = _cfg(tiny_coco, tmp_path, decoder="showtell", flip=False, epochs=0, scst_epochs=1,
+               init_from=str(tiny_checkpoint), scst_lr=1e-4)  # fmt: skip
+    result = fit(cfg)
+    assert result.status == "finished" and result.step == 4
+    model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"), with_backbone=False)
+    assert vocab == model_from_checkpoint(load_checkpoint(tiny_checkpoint), with_backbone=False)[1]
