@@ -222,6 +222,9 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
     while state["epoch"] < cfg.epochs + cfg.scst_epochs and state["step"] < total_steps:
         model.train()
         scst = state["epoch"] >= cfg.epochs  # cross-entropy first, then self-critical epochs
+        if scst and state["epoch"] == cfg.epochs and state["batch"] == 0:
+            # fresh Adam moments: the reward's gradients are nothing like the cross-entropy's
+            optimizer = torch.optim.Adam(params, lr=cfg.scst_lr)
         data, steps_per_epoch = (images, scst_per_epoch) if scst else (dataset, xe_per_epoch)
         data.set_epoch(state["epoch"])
         batch_size = cfg.scst_batch_size if scst else cfg.batch_size
