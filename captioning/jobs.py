@@ -149,15 +149,20 @@ class JobManager:
         epochs: int | None = None,
         lr: float = 1e-4,
         batch_size: int = 32,
+        scst: bool = False,
         extra_args: tuple[str, ...] = (),
     ) -> Job:
-        """Launch `python -m captioning train --init-from BASE --out RUNS/NAME`; JobError if it cannot."""
+        """Launch `python -m captioning train --init-from BASE --out RUNS/NAME`; JobError if it cannot.
+
+        With `scst`, the run optimises CIDEr by self-critical training (`--epochs 0 --scst-epochs`),
+        `batch_size` images a step at learning rate `lr`, instead of cross-entropy.
+        """
         with self._lock:
             active = self.current()
             if active is not None and self._alive(active):
                 raise JobError(f"run {active.name!r} is still training; one run at a time (cancel it first)")
             out = self._new_run_dir(name)
-            cmd = self._command(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size)
+            cmd = self._command(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst)
             out.mkdir(parents=True)
             with open(out / "train.log", "wb") as log:
                 child = subprocess.Popen(
@@ -233,7 +238,9 @@ class JobManager:
             raise JobError(f"a run named {name!r} already exists in {runs}; choose another name")
         return out
 
-    def _command(self, out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size) -> list[str]:
+    def _command(
+        self, out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst=False
+    ) -> list[str]:
         base, coco_root = Path(base), Path(coco_root)
         load_checkpoint(base)  # CheckpointError (a ValueError) now rather than in the log later
         splits = available_splits(coco_root) if coco_root.is_dir() else []
@@ -260,6 +267,10 @@ class JobManager:
             "--max-steps": steps or MAX_STEPS,
             "--log-every": LOG_EVERY,
         }
+        if scst:
+            flags.update(
+                {"--epochs": 0, "--scst-epochs": epochs or 10**6, "--scst-lr": lr, "--scst-batch-size": batch_size}
+            )
         cmd = [self.python, "-m", "captioning", "train", *(str(x) for pair in flags.items() for x in pair)]
         cmd += ["--val-split", val_split] if val_split else ["--no-val"]
         if ids_file is not None:

@@ -6,7 +6,7 @@ import streamlit as st
 
 import app_ui
 from captioning import catalog
-from captioning.app_support import line_chart, steps_frame
+from captioning.app_support import line_chart, rewards_frame, steps_frame
 from captioning.data import available_splits
 from captioning.jobs import MAX_STEPS, JobError, default_name
 
@@ -28,7 +28,12 @@ def live() -> None:
     st.progress(status.fraction, text=status.progress_text())
     if status.state == "starting":
         st.caption("Loading the data and caching image features; the first step follows.")
-    if status.steps:
+    rewards = rewards_frame({status.job.name: status.steps})
+    if not rewards.empty:
+        st.altair_chart(
+            line_chart(rewards, "step", "reward", "Mean CIDEr-D reward of sampled captions"), width="stretch"
+        )
+    elif status.steps:
         st.altair_chart(
             line_chart(steps_frame({status.job.name: status.steps}), "step", "loss", "Loss"), width="stretch"
         )
@@ -72,9 +77,17 @@ with st.form("launch"):
     splits = ["(none)"] + available_splits(Path(root))
     val = left.selectbox("Validation split", splits, index=splits.index("val") if "val" in splits else 0)
     ids = right.text_input("Image ids file (optional)", help="only train on these ids: one per line or a JSON list")
+    objective = left.radio(
+        "Objective",
+        ["cross-entropy", "self-critical (CIDEr)"],
+        horizontal=True,
+        help="self-critical: sample 5 captions per image and reinforce those scoring a higher CIDEr-D than their "
+        "siblings (the shipped model's second stage: 5 epochs at 1e-4); batch size counts images",
+    )
     go = st.form_submit_button(f"Fine-tune on {split}", type="primary", icon=":material/play_arrow:")
 if go:
     options = {"val_split": None if val == "(none)" else val, "ids_file": ids.strip() or None, "lr": lr}
+    options["scst"] = objective.startswith("self-critical")
     try:
         manager.start(name, bases[base], root, split, batch_size=batch, **options, **{unit: int(amount)})
     except (JobError, ValueError, OSError) as exc:

@@ -306,12 +306,29 @@ def test_finetune_runs_to_the_end_then_a_second_run_cancels_cleanly(
     assert "--resume" in at.warning[0].value
 
 
-def _launch(at, name: str, steps: int):
+def _launch(at, name: str, steps: int, objective: str = "cross-entropy"):
     at.text_input(key="run_name").set_value(name)
+    next(r for r in at.radio if r.label == "Objective").set_value(objective)
     next(n for n in at.number_input if n.label == "How many").set_value(steps)
     next(s for s in at.select_slider if s.label == "Batch size").set_value(16)
     next(b for b in at.button if b.label.startswith("Fine-tune on")).click()
     return at.run()
+
+
+@pytest.mark.slow
+def test_finetune_self_critical_runs_from_the_page(tiny_checkpoint, tiny_coco, tiny_cache_dir, monkeypatch, tmp_path):
+    runs = point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint, coco=tiny_coco, cache=tiny_cache_dir)
+    watcher = JobManager(runs)
+    at = _launch(open_page("finetune"), "tiny-scst", steps=3, objective="self-critical (CIDEr)")
+    assert not at.exception and not at.error
+    job = watcher.current()
+    assert job.command[job.command.index("--epochs") + 1] == "0" and "--scst-epochs" in job.command
+    assert job.command[job.command.index("--scst-batch-size") + 1] == "16"
+    status = _wait(watcher, lambda s: not s.running)
+    assert status.state == "finished", status.log_tail
+    steps = [r for r in read_metrics(runs / "tiny-scst" / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps and all(r["phase"] == "scst" and r["reward"] >= 0 and "loss" not in r for r in steps)
+    _rerun_until(at, "Run **tiny-scst** finished at step 3")
 
 
 def _rerun_until(at, wanted: str, timeout: float = 30.0) -> None:
