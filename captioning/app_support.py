@@ -126,33 +126,28 @@ def ema(values: list[float] | pd.Series, weight: float) -> list[float]:
     return out
 
 
-def steps_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataFrame:
-    """run, step, loss, perplexity (smoothed per run) from each run's step records."""
+def _step_series(runs: dict[str, list[dict]], column: str, smoothing: float) -> pd.DataFrame:
+    """run, step, `column` (smoothed per run) from the step records of each run that have `column`."""
     frames = []
     for name, records in runs.items():
-        df = pd.DataFrame([r for r in records if r.get("kind") == "step" and "loss" in r])
+        df = pd.DataFrame([r for r in records if r.get("kind") == "step" and column in r])
         if df.empty:
             continue
         df = df.sort_values("step").drop_duplicates("step", keep="last")
-        df["loss"] = ema(df["loss"], smoothing)
-        df["perplexity"] = np.exp(np.minimum(df["loss"], 50.0))
-        frames.append(df.assign(run=name)[["run", "step", "loss", "perplexity"]])
-    return (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "loss", "perplexity"])
-    )
+        df[column] = ema(df[column], smoothing)
+        frames.append(df.assign(run=name)[["run", "step", column]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", column])
+
+
+def steps_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataFrame:
+    """run, step, loss, perplexity (smoothed per run) from each run's cross-entropy step records."""
+    df = _step_series(runs, "loss", smoothing)
+    return df.assign(perplexity=np.exp(np.minimum(df["loss"].astype(float), 50.0)))
 
 
 def rewards_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataFrame:
     """run, step, reward (smoothed per run) from the self-critical (SCST) steps of each run."""
-    frames = []
-    for name, records in runs.items():
-        df = pd.DataFrame([r for r in records if r.get("kind") == "step" and "reward" in r])
-        if df.empty:
-            continue
-        df = df.sort_values("step").drop_duplicates("step", keep="last")
-        df["reward"] = ema(df["reward"], smoothing)
-        frames.append(df.assign(run=name)[["run", "step", "reward"]])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "reward"])
+    return _step_series(runs, "reward", smoothing)
 
 
 def epochs_frame(runs: dict[str, list[dict]], metrics: tuple[str, ...] = ("BLEU-4", "CIDEr")) -> pd.DataFrame:
