@@ -263,7 +263,10 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            lr = cfg.scst_lr if scst else _lr_at(cfg, state["step"], xe_total, xe_per_epoch)
+            if scst:
+                lr = _scst_lr_at(cfg, state["step"] - xe_total, total_steps - xe_total)
+            else:
+                lr = _lr_at(cfg, state["step"], xe_total, xe_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             scaler.step(optimizer)
@@ -402,6 +405,13 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
     if cfg.lr_schedule == "step":
         return cfg.lr * cfg.lr_gamma ** (step // (cfg.lr_step_epochs * per_epoch))
     return cfg.lr
+
+
+def _scst_lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """SCST's own schedule, counted from its first step: constant, or cosine down to 0 at its end."""
+    if cfg.scst_lr_schedule == "cosine":
+        return cfg.scst_lr * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+    return cfg.scst_lr
 
 
 def _path(value: str | None) -> Path | None:

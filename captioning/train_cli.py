@@ -9,7 +9,7 @@ from pathlib import Path
 
 from captioning.backbones import BACKBONES
 from captioning.config import DECODERS
-from captioning.trainconfig import LR_SCHEDULES, VAL_METHODS, TrainConfig
+from captioning.trainconfig import LR_SCHEDULES, SCST_LR_SCHEDULES, VAL_METHODS, TrainConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -112,6 +112,7 @@ def add_train_parsers(sub) -> None:
     p.add_argument("--scst-samples", type=int, help="captions sampled per image in SCST (default 5)")
     p.add_argument("--scst-batch-size", type=int, help="images per SCST step (default 16)")
     p.add_argument("--scst-max-len", type=int, help="longest sampled caption in words (default 16)")
+    p.add_argument("--scst-lr-schedule", choices=SCST_LR_SCHEDULES, help="constant (default) or cosine to 0")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -8,6 +8,7 @@ from typing import Any
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 VAL_METHODS = ("greedy", "beam")
+SCST_LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     scst_samples: int = 5  # captions drawn per image; each one's baseline is the others' mean reward
     scst_batch_size: int = 16  # images per step
     scst_max_len: int = 16
+    scst_lr_schedule: str = "constant"  # or "cosine": from scst_lr down to 0 over the SCST epochs
     # data
     flip: bool = False  # cache a horizontally flipped view and train on both
     end_to_end: bool = False  # no cache: run the CNN every step (and train it, with finetune_cnn)
@@ -65,6 +67,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of: {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})")
+        if self.scst_lr_schedule not in SCST_LR_SCHEDULES:
+            raise ValueError(
+                f"scst_lr_schedule must be one of: {', '.join(SCST_LR_SCHEDULES)} (got {self.scst_lr_schedule!r})"
+            )
         if self.val_method not in VAL_METHODS:
             raise ValueError(f"val_method must be one of: {', '.join(VAL_METHODS)} (got {self.val_method!r})")
         for name in ("batch_size", "log_every", "save_every", "vocab_threshold", "scst_batch_size", "scst_max_len"):
