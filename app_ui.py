@@ -70,7 +70,12 @@ def decoding_controls() -> dict:
     )
     beam = st.sidebar.slider("Beam size", 1, 10, 3, disabled=method != "beam")
     max_len = st.sidebar.slider("Maximum length (words)", 5, 40, 20)
-    return {"method": method, "beam_size": beam, "max_len": max_len}
+    block = st.sidebar.checkbox(
+        "Block repeated phrases",
+        value=True,
+        help="never say the same three words twice, as in 'a man holding a cell phone on a cell phone'",
+    )
+    return {"method": method, "beam_size": beam, "max_len": max_len, "block_repeats": block}
 
 
 def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:

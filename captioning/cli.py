@@ -34,6 +34,11 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="beam", help="decoding (default: beam)")
     p.add_argument("--beam-size", type=int, default=3, help="beams for --method beam (default: 3)")
     p.add_argument("--max-len", type=int, default=20, help="most words in a caption (default: 20)")
+    p.add_argument(
+        "--allow-repeats",
+        action="store_true",
+        help="let a caption say the same three words twice (blocked by default: 'a cell phone on a cell phone')",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
 
 
@@ -47,7 +52,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        cap = captioner.caption([image], args.method, args.beam_size, args.max_len)[0]
+        cap = captioner.caption(
+            [image], args.method, args.beam_size, args.max_len, block_repeats=not args.allow_repeats
+        )[0]
         if args.json:
             results.append(
                 {
@@ -84,6 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.limit,
             meteor=False if args.no_meteor else None,
             on_batch=lambda done, total: bar.update(done - bar.n),
+            block_repeats=not args.allow_repeats,
         )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

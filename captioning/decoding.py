@@ -7,6 +7,7 @@ Both work with any decoder that has `init_state(feats) -> state` and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,40 @@ def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool) -> torch.Tensor:
     return logp
 
 
+REPEAT_NGRAM = 3  # with block_repeats, no caption says the same three words twice
+
+
+def repeated_ngrams(ids: Sequence, n: int = REPEAT_NGRAM) -> list[tuple]:
+    """The n-grams that occur more than once in `ids` (token ids or words)."""
+    seen: dict[tuple[int, ...], int] = {}
+    for i in range(len(ids) - n + 1):
+        gram = tuple(ids[i : i + n])
+        seen[gram] = seen.get(gram, 0) + 1
+    return [g for g, c in seen.items() if c > 1]
+
+
+def _block_repeats(logp: torch.Tensor, histories: list[list[int]], n: int = REPEAT_NGRAM) -> torch.Tensor:
+    """Forbid each row's next word where it would complete an n-gram the row has already said.
+
+    `histories[r]` is row r's words so far (no `<start>`). Self-critical training makes a model echo
+    its object phrases ("holding a cell phone on a cell phone"); this is the usual cure (the
+    "no repeat n-gram" rule of sequence generators).
+    """
+    rows, cols = [], []
+    for r, h in enumerate(histories):
+        if len(h) < n:
+            continue
+        prefix = h[len(h) - n + 1 :]
+        for i in range(len(h) - n + 1):
+            if h[i : i + n - 1] == prefix:
+                rows.append(r)
+                cols.append(h[i + n - 1])
+    if rows:
+        logp = logp.clone()
+        logp[rows, cols] = float("-inf")
+    return logp
+
+
 def _reorder(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v.index_select(0, index) for k, v in state.items()}
 
@@ -54,6 +89,7 @@ def greedy(
     vocab: Vocabulary,
     max_len: int = 20,
     length_penalty: float = 1.0,
+    block_repeats: bool = False,
 ) -> list[Hypothesis]:
     """The most probable word at every step, for each of the B images in `feats`."""
     B = feats.size(0)
@@ -64,6 +100,8 @@ def greedy(
     for t in range(max_len + 1):  # up to max_len words, then <end>
         logp, state, alpha = decoder.step(tokens, state)  # (B, V)
         logp = _allowed(logp, vocab, last=t == max_len)
+        if block_repeats and ids:
+            logp = _block_repeats(logp, torch.stack(ids, 1).tolist())
         best, tokens = logp.max(dim=1)  # (B,)
         ids.append(tokens)
         logps.append(best)
@@ -99,6 +137,7 @@ def beam_search(
     beam_size: int = 3,
     max_len: int = 20,
     length_penalty: float = 1.0,
+    block_repeats: bool = False,
 ) -> list[list[Hypothesis]]:
     """The `beam_size` best captions for each image, best first by length-normalised score.
 
@@ -121,6 +160,8 @@ def beam_search(
     for t in range(max_len + 1):
         logp, state, alpha = decoder.step(tokens, state)  # (B*k, V)
         logp = _allowed(logp, vocab, last=t == max_len)
+        if block_repeats:
+            logp = _block_repeats(logp, [h for row in hist_ids for h in row])
         V = logp.size(1)
         cand = (scores.unsqueeze(2) + logp.view(B, k, V)).view(B, k * V)  # (B, k*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)

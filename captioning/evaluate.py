@@ -20,11 +20,13 @@ def decode_features(
     method: str = "beam",
     beam_size: int = 3,
     max_len: int = 20,
+    block_repeats: bool = True,
 ) -> list[str]:
     """Best caption text for each row of `feats` (pooled or grid features)."""
     if method == "greedy":
-        return [h.text for h in greedy(decoder, feats, vocab, max_len)]
-    return [hyps[0].text for hyps in beam_search(decoder, feats, vocab, beam_size, max_len)]
+        return [h.text for h in greedy(decoder, feats, vocab, max_len, block_repeats=block_repeats)]
+    beams = beam_search(decoder, feats, vocab, beam_size, max_len, block_repeats=block_repeats)
+    return [hyps[0].text for hyps in beams]
 
 
 def caption_split(
@@ -36,6 +38,7 @@ def caption_split(
     max_len: int = 20,
     batch_size: int = 16,
     on_batch: Callable[[int, int], None] | None = None,
+    block_repeats: bool = True,
 ) -> dict[int, str]:
     """image id -> caption for `ids`; unreadable images are skipped with one warning."""
     ids = list(ids)
@@ -50,7 +53,9 @@ def caption_split(
             except ImageLoadError:
                 bad.append(split.files[i].name)
         if images:
-            caps = captioner.caption(images, method=method, beam_size=beam_size, max_len=max_len)
+            caps = captioner.caption(
+                images, method=method, beam_size=beam_size, max_len=max_len, block_repeats=block_repeats
+            )
             out.update({i: c.text for i, c in zip(chunk, caps)})
         if on_batch:
             on_batch(min(start + batch_size, len(ids)), len(ids))
@@ -67,9 +72,12 @@ def evaluate(
     limit: int | None = None,
     meteor: bool | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    block_repeats: bool = True,
 ) -> tuple[dict[str, float], dict[int, str], list[str]]:
     """Corpus scores (keys BLEU-1..4, METEOR, ROUGE-L, CIDEr, images), captions, notes."""
     ids = split.ids[:limit] if limit else split.ids
-    preds = caption_split(captioner, split, ids, method, beam_size, max_len, on_batch=on_batch)
+    preds = caption_split(
+        captioner, split, ids, method, beam_size, max_len, on_batch=on_batch, block_repeats=block_repeats
+    )
     scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
     return {**scores.corpus, "images": len(preds)}, preds, scores.notes

@@ -73,8 +73,12 @@ class Captioner:
         beam_size: int = 3,
         max_len: int = 20,
         batch_size: int = 16,
+        block_repeats: bool = True,
     ) -> list[Caption]:
-        """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy)."""
+        """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
+
+        `block_repeats` forbids saying the same three words twice ("a cell phone on a cell phone").
+        """
         if method not in METHODS:
             raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")
         if max_len < 1:
@@ -82,10 +86,11 @@ class Captioner:
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             feats = self.features(images[start : start + batch_size])
+            decoder = self.model.decoder
             if method == "greedy":
-                groups = [[h] for h in greedy(self.model.decoder, feats, self.vocab, max_len)]
+                groups = [[h] for h in greedy(decoder, feats, self.vocab, max_len, block_repeats=block_repeats)]
             else:
-                groups = beam_search(self.model.decoder, feats, self.vocab, beam_size, max_len)
+                groups = beam_search(decoder, feats, self.vocab, beam_size, max_len, block_repeats=block_repeats)
             grid = self._grid_size(feats)
             out += [self._to_caption(hyps, grid) for hyps in groups]
         return out

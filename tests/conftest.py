@@ -55,3 +55,19 @@ def tiny_attention_checkpoint(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Pa
     _train(tiny_coco, out, tiny_cache_dir, epochs=1, decoder="attention", embed_size=64, hidden_size=128,
            attention_size=64)  # fmt: skip
     return out / "best.pt"
+
+
+@pytest.fixture
+def caption_calls(monkeypatch) -> list[bool | None]:
+    """The `block_repeats` of every Captioner.caption call from here on (the captions are real)."""
+    from captioning.inference import Captioner
+
+    seen: list[bool | None] = []
+    real = Captioner.caption
+
+    def spy(self, images, *args, **kwargs):
+        seen.append(kwargs.get("block_repeats"))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "caption", spy)
+    return seen

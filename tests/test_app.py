@@ -96,6 +96,18 @@ def test_home_several_images_give_a_table_and_a_csv(tiny_checkpoint, monkeypatch
     assert len(of_type(at, "image")) == 3
 
 
+def test_home_repeat_block_is_on_by_default_and_can_be_turned_off(
+    tiny_checkpoint, monkeypatch, tmp_path, caption_calls
+):
+    point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint)
+    at = open_page("home")
+    at.file_uploader[0].set_value(("blue.png", image_bytes("blue", "square"), "image/png")).run()
+    box = next(c for c in at.sidebar.checkbox if c.label == "Block repeated phrases")
+    assert box.value is True and caption_calls == [True]
+    box.uncheck().run()
+    assert not at.exception and caption_calls == [True, False]  # captioned again, repeats allowed
+
+
 def test_home_without_a_model_says_how_to_get_one(monkeypatch, tmp_path):
     point_app(monkeypatch, tmp_path)
     at = open_page("home")

@@ -30,6 +30,14 @@ def test_caption_prints_a_sentence_and_json(tiny_checkpoint, tiny_coco, capsys):
     assert len(out[0]["alternatives"]) == 2 and all(0 < w["prob"] <= 1 for w in out[0]["words"])
 
 
+def test_allow_repeats_turns_off_the_repeat_block(tiny_checkpoint, tiny_coco, caption_calls, capsys):
+    image = str(sorted((tiny_coco / "val").iterdir())[0])
+    assert main(["caption", image, "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert main(["caption", image, "--checkpoint", str(tiny_checkpoint), "--allow-repeats"]) == 0
+    assert caption_calls == [True, False]
+    capsys.readouterr()
+
+
 def test_caption_reports_a_broken_file_and_goes_on(tiny_checkpoint, tiny_coco, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -9,6 +9,7 @@ import torch
 from conftest import REPO, SHARED_COCO, needs_shared_coco
 
 from captioning.data import CocoSplit, load_image
+from captioning.decoding import repeated_ngrams
 from captioning.evaluate import evaluate
 from captioning.inference import DEFAULT_CHECKPOINT, Captioner
 from captioning.vocab import tokenize
@@ -52,3 +53,7 @@ def test_card_scores_match_what_evaluate_reports_today(captioner):
     norm = [" ".join(tokenize(c)).rstrip(" .") for c in preds.values()]
     assert len(set(norm)) / len(norm) >= 0.60  # describes, not recites
     assert sum(c in train for c in norm) / len(norm) <= 0.25
+    # the default decoding never says three words twice ("a cell phone on a cell phone"); the model alone does
+    assert not [c for c in norm if repeated_ngrams(c.split())]
+    _, echoing, _ = evaluate(captioner, val, "beam", 3, limit=100, meteor=False, block_repeats=False)
+    assert [c for c in echoing.values() if repeated_ngrams(tokenize(c))]

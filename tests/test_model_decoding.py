@@ -7,7 +7,7 @@ import torch
 
 from captioning.backbones import BackboneError, build_backbone, get_spec
 from captioning.config import ModelConfig
-from captioning.decoding import beam_search, greedy
+from captioning.decoding import beam_search, greedy, repeated_ngrams
 from captioning.model import CaptionModel, caption_loss
 from captioning.vocab import Vocabulary
 
@@ -136,3 +136,53 @@ def test_beam_finds_at_least_greedy_score(vocab):
     g = greedy(model.decoder, feats, vocab, max_len=15)
     b = beam_search(model.decoder, feats, vocab, beam_size=5, max_len=15)
     assert all(hs[0].score >= gh.score - 1e-6 for gh, hs in zip(g, b))
+
+
+class _ChainDecoder(torch.nn.Module):
+    """A decoder that always wants the next word of a fixed chain; `fallback` is its second choice."""
+
+    def __init__(self, vocab: Vocabulary, chain: dict[str, str], fallback: dict[str, str]) -> None:
+        super().__init__()
+        self.vocab, self.chain, self.fallback = vocab, chain, fallback
+
+    def init_state(self, feats):
+        return {"dummy": feats.new_zeros(feats.size(0), 1)}
+
+    def step(self, tokens, state):
+        logp = torch.full((tokens.size(0), len(self.vocab)), -20.0)
+        for r, t in enumerate(tokens.tolist()):
+            word = self.vocab.itos[t]
+            logp[r, self.vocab.stoi[self.chain.get(word, "<end>")]] = -0.1
+            if word in self.fallback:
+                logp[r, self.vocab.stoi[self.fallback[word]]] = -3.0
+        return logp, state, None
+
+
+def test_blocking_repeats_stops_a_phrase_echo():
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "man", "on", "cell", "phone", "bench"])
+    # left to itself it says "a man on a cell phone on a cell phone on a cell phone ..."
+    decoder = _ChainDecoder(
+        vocab,
+        {"<start>": "a", "a": "cell", "cell": "phone", "phone": "on", "on": "a", "bench": "<end>"},
+        {"on": "bench", "phone": "<end>"},
+    )
+    feats = torch.zeros(2, 4)
+    plain = greedy(decoder, feats, vocab, max_len=9)[0].text
+    assert plain.lower().startswith("a cell phone on a cell phone on a")
+    blocked = greedy(decoder, feats, vocab, max_len=9, block_repeats=True)[0]
+    assert blocked.text.lower().startswith("a cell phone on a cell") and not repeated_ngrams(blocked.ids)
+    best = beam_search(decoder, feats, vocab, beam_size=3, max_len=9, block_repeats=True)[0][0]
+    assert best.text.lower().rstrip(".") == "a cell phone on bench"  # the beam avoids the dead end
+
+
+@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+def test_blocked_captions_never_repeat_three_words(vocab, decoder):
+    model = _model(vocab, decoder, seed=5)
+    feats = _feats(decoder, 6)
+    plain = [h.ids for h in greedy(model.decoder, feats, vocab, max_len=15)]
+    assert any(repeated_ngrams(ids) for ids in plain)  # an untrained model babbles in loops
+    for hyps in (
+        [[h] for h in greedy(model.decoder, feats, vocab, max_len=15, block_repeats=True)],
+        beam_search(model.decoder, feats, vocab, beam_size=3, max_len=15, block_repeats=True),
+    ):
+        assert all(not repeated_ngrams(h.ids) for hs in hyps for h in hs)
