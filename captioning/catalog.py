@@ -68,22 +68,23 @@ def run_dirs(runs: Path | None = None) -> list[Path]:
     return sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)
 
 
-def val_cider(path: Path) -> float | None:
-    """Validation CIDEr recorded in a checkpoint's metrics, or None."""
+def _val_score(path: Path) -> tuple[float | None, str | None]:
+    """(validation CIDEr, the decoding it was measured with: "greedy" or "beam"), None where unrecorded."""
     try:
-        return _val_cider(str(path), path.stat().st_mtime_ns)
+        return _read_val_score(str(path), path.stat().st_mtime_ns)
     except OSError:
-        return None
+        return None, None
 
 
 @functools.lru_cache(maxsize=256)
-def _val_cider(path: str, mtime_ns: int) -> float | None:  # mtime in the key: a rewritten file is re-read
+def _read_val_score(path: str, mtime_ns: int) -> tuple[float | None, str | None]:  # a rewritten file is re-read
     try:
         ckpt = load_checkpoint(Path(path))
     except CheckpointError:
-        return None
-    value = ((ckpt.get("metrics") or {}).get("val") or {}).get("CIDEr")
-    return float(value) if isinstance(value, (int, float)) else None
+        return None, None
+    val = (ckpt.get("metrics") or {}).get("val") or {}
+    value, method = val.get("CIDEr"), val.get("method")
+    return (float(value) if isinstance(value, (int, float)) else None), (method if isinstance(method, str) else None)
 
 
 def run_status(metrics: Path) -> str:
@@ -99,14 +100,14 @@ def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
     entries = []
     default = default_checkpoint()
     if default.is_file():
-        cider = val_cider(default)
-        entries.append(ModelEntry(_label("Shipped model", cider), default, None, cider))
+        cider, method = _val_score(default)
+        entries.append(ModelEntry(_label("Shipped model", cider, method), default, None, cider))
     for run in run_dirs(runs):
         best = run / "best.pt"
         if best.is_file():
-            cider = val_cider(best)
+            cider, method = _val_score(best)
             status = run_status(run / "metrics.jsonl")
-            label = _label(run.name, cider) + ("" if status in ("finished", "unknown") else f" [{status}]")
+            label = _label(run.name, cider, method) + ("" if status in ("finished", "unknown") else f" [{status}]")
             entries.append(ModelEntry(label, best, run.name, cider))
     return entries
 
@@ -123,5 +124,8 @@ def list_runs(runs: Path | None = None) -> list[RunEntry]:
     return entries
 
 
-def _label(name: str, cider: float | None) -> str:
-    return f"{name} (val CIDEr {cider:.3f})" if cider is not None else name
+def _label(name: str, cider: float | None, method: str | None = None) -> str:
+    """ "run (val CIDEr 0.706, greedy)": the decoding matters, since Home decodes with beam 3 by default."""
+    if cider is None:
+        return name
+    return f"{name} (val CIDEr {cider:.3f}, {method})" if method else f"{name} (val CIDEr {cider:.3f})"

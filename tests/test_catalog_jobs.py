@@ -78,10 +78,10 @@ def test_checkpoints_are_the_shipped_model_and_runs_with_best_pt(tiny_run, tmp_p
     cider = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])  # last record: the end event
     models = catalog.list_checkpoints()
     assert [m.run for m in models] == [None, "good"]
-    assert models[0].label == f"Shipped model (val CIDEr {cider['best_cider']:.3f})"
-    assert (
-        models[1].label == f"good (val CIDEr {cider['best_cider']:.3f})" and models[1].path == runs / "good" / "best.pt"
-    )
+    # the tiny run validates greedily (TrainConfig's default), and the label says so
+    assert models[0].label == f"Shipped model (val CIDEr {cider['best_cider']:.3f}, greedy)"
+    assert models[1].label == f"good (val CIDEr {cider['best_cider']:.3f}, greedy)"
+    assert models[1].path == runs / "good" / "best.pt"
     logs = catalog.list_runs()
     assert {(r.name, r.status) for r in logs} == {("shipped model", "finished"), ("good", "finished"),
                                                   ("training", "running")}  # fmt: skip
