@@ -7,7 +7,6 @@ Both work with any decoder that has `init_state(feats) -> state` and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,15 +44,6 @@ def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool) -> torch.Tensor:
 
 
 REPEAT_NGRAM = 3  # with block_repeats, no caption says the same three words twice
-
-
-def repeated_ngrams(ids: Sequence, n: int = REPEAT_NGRAM) -> list[tuple]:
-    """The n-grams that occur more than once in `ids` (token ids or words)."""
-    seen: dict[tuple[int, ...], int] = {}
-    for i in range(len(ids) - n + 1):
-        gram = tuple(ids[i : i + n])
-        seen[gram] = seen.get(gram, 0) + 1
-    return [g for g, c in seen.items() if c > 1]
 
 
 def _block_repeats(logp: torch.Tensor, histories: list[list[int]], n: int = REPEAT_NGRAM) -> torch.Tensor:

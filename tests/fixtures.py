@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -62,3 +64,9 @@ def make_coco(root: Path, splits: dict[str, int] | None = None, seed: int = 0) -
         }
         (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(data))
     return root
+
+
+def repeated_ngrams(tokens: Sequence, n: int = 3) -> list[tuple]:
+    """The n-grams (of token ids or words) that occur more than once in `tokens`."""
+    counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return [g for g, c in counts.items() if c > 1]

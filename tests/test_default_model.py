@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from conftest import REPO, SHARED_COCO, needs_shared_coco
+from fixtures import repeated_ngrams
 
 from captioning.data import CocoSplit, load_image
-from captioning.decoding import repeated_ngrams
 from captioning.evaluate import evaluate
 from captioning.inference import DEFAULT_CHECKPOINT, Captioner
 from captioning.vocab import tokenize

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures import repeated_ngrams
 
 from captioning.backbones import BackboneError, build_backbone, get_spec
 from captioning.config import ModelConfig
-from captioning.decoding import beam_search, greedy, repeated_ngrams
+from captioning.decoding import beam_search, greedy
 from captioning.model import CaptionModel, caption_loss
 from captioning.vocab import Vocabulary
 
