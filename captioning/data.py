@@ -57,13 +57,17 @@ def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
-            w, h = image.size
-            if w * h > MAX_PIXELS:
-                raise ImageLoadError(
-                    f"{name} is too large to decode safely ({w}x{h} pixels; the limit is "
-                    f"{MAX_PIXELS // 1_000_000} megapixels)"
-                )
-            image.load()
+            try:
+                w, h = image.size
+                if w * h > MAX_PIXELS:
+                    raise ImageLoadError(
+                        f"{name} is too large to decode safely ({w}x{h} pixels; the limit is "
+                        f"{MAX_PIXELS // 1_000_000} megapixels)"
+                    )
+                image.load()
+            except BaseException:
+                image.close()  # PIL keeps a file it could not decode open otherwise
+                raise
     except ImageLoadError:
         raise
     except FileNotFoundError:

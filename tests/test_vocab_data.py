@@ -113,6 +113,17 @@ def test_bad_images_raise_clear_errors(tmp_path, monkeypatch):
         load_image(good[: len(good) // 2])
     with pytest.raises(ImageLoadError, match="does not exist"):
         load_image(tmp_path / "nope.jpg")
+    truncated = tmp_path / "truncated.jpg"
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    big = _bytes(noise, "JPEG")
+    truncated.write_bytes(big[: len(big) * 2 // 3])  # the header is whole: PIL opens it, then fails to decode
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    with pytest.raises(ImageLoadError, match="corrupt or truncated"):
+        load_image(truncated)
+    assert opened and opened[0].fp is None  # the file is closed now, not left to the garbage collector
+    monkeypatch.setattr(Image, "open", real_open)
     monkeypatch.setattr("captioning.data.MAX_PIXELS", 1000)
     with pytest.raises(ImageLoadError, match="too large"):
         load_image(good)
