@@ -163,11 +163,14 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
     xe_total = min(xe_steps, total_steps)  # what the cross-entropy lr schedule spans
 
     torch.manual_seed(cfg.seed + 1)  # dropout draws start the same whether or not the cache was just built
-    state = {"step": 0, "epoch": 0, "batch": 0, "best_cider": None, "bad_epochs": 0, "elapsed": 0.0}
+    state = {"step": 0, "epoch": 0, "batch": 0, "best_cider": None, "best_epoch": None, "bad_epochs": 0, "elapsed": 0.0}
     log = RunLog(out / "metrics.jsonl") if ctx.rank == 0 else None
+    best_weights = None  # the best cross-entropy epoch's weights, where SCST starts from (scst_start "best")
     if resume_ckpt is not None:
         ts = resume_ckpt["train_state"]
-        state.update({k: ts[k] for k in state})
+        state.update({k: ts[k] for k in state if k in ts})
+        if _scst_restarts_from_best(cfg, state) and (out / "best.pt").is_file():
+            best_weights = load_checkpoint(out / "best.pt")["decoder_state"]
         optimizer.load_state_dict(ts["optimizer"])
         if ts.get("scaler"):
             scaler.load_state_dict(ts["scaler"])
@@ -223,6 +226,21 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         model.train()
         scst = state["epoch"] >= cfg.epochs  # cross-entropy first, then self-critical epochs
         if scst and state["epoch"] == cfg.epochs and state["batch"] == 0:
+            if _scst_restarts_from_best(cfg, state) and best_weights is not None:
+                # later cross-entropy epochs overfit (val CIDEr falls): reward-train the best one instead
+                model.decoder.load_state_dict(best_weights)
+                if log:
+                    log.write(
+                        {
+                            "kind": "event",
+                            "event": "scst_start",
+                            "step": state["step"],
+                            "epoch": state["epoch"],
+                            "from_epoch": state["best_epoch"],
+                            "best_cider": state["best_cider"],
+                        }
+                    )
+            best_weights = None
             # fresh Adam moments: the reward's gradients are nothing like the cross-entropy's
             optimizer = torch.optim.Adam(params, lr=cfg.scst_lr)
         data, steps_per_epoch = (images, scst_per_epoch) if scst else (dataset, xe_per_epoch)
@@ -327,7 +345,10 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         improved = record is None or state["best_cider"] is None or record["CIDEr"] > state["best_cider"]
         if improved:
             state["best_cider"] = record["CIDEr"] if record else None
+            state["best_epoch"] = state["epoch"]
             state["bad_epochs"] = 0
+            if cfg.scst_epochs and state["epoch"] <= cfg.epochs:
+                best_weights = _weights_of(model)
         else:
             state["bad_epochs"] += 1
         save("last.pt", last_metrics)
@@ -395,6 +416,18 @@ def _collate_skip(bad: list[str]):
         return collate_captions(good) if good else None
 
     return collate
+
+
+def _scst_restarts_from_best(cfg: TrainConfig, state: dict) -> bool:
+    """Whether the SCST phase, not yet begun, starts from a better cross-entropy epoch than the last."""
+    not_begun = state["epoch"] < cfg.epochs or (state["epoch"] == cfg.epochs and state["batch"] == 0)
+    best = state["best_epoch"]
+    return bool(cfg.scst_epochs and cfg.scst_start == "best" and not_begun and best is not None and best < cfg.epochs)
+
+
+def _weights_of(model) -> dict:
+    # SCST runs on cached features, so the decoder is all there is to train
+    return {k: v.detach().clone() for k, v in model.decoder.state_dict().items()}
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from captioning.backbones import BACKBONES
 from captioning.config import DECODERS
-from captioning.trainconfig import LR_SCHEDULES, SCST_LR_SCHEDULES, VAL_METHODS, TrainConfig
+from captioning.trainconfig import LR_SCHEDULES, SCST_LR_SCHEDULES, SCST_STARTS, VAL_METHODS, TrainConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -113,6 +113,11 @@ def add_train_parsers(sub) -> None:
     p.add_argument("--scst-batch-size", type=int, help="images per SCST step (default 16)")
     p.add_argument("--scst-max-len", type=int, help="longest sampled caption in words (default 16)")
     p.add_argument("--scst-lr-schedule", choices=SCST_LR_SCHEDULES, help="constant (default) or cosine to 0")
+    p.add_argument(
+        "--scst-start",
+        choices=SCST_STARTS,
+        help="SCST starts from the best cross-entropy epoch on val CIDEr (default) or the last one",
+    )
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

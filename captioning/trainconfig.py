@@ -9,6 +9,7 @@ from typing import Any
 LR_SCHEDULES = ("constant", "cosine", "step")
 VAL_METHODS = ("greedy", "beam")
 SCST_LR_SCHEDULES = ("constant", "cosine")
+SCST_STARTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class TrainConfig:
     scst_batch_size: int = 16  # images per step
     scst_max_len: int = 16
     scst_lr_schedule: str = "constant"  # or "cosine": from scst_lr down to 0 over the SCST epochs
+    scst_start: str = "best"  # SCST starts from the best cross-entropy epoch on val CIDEr, or from the "last"
     # data
     flip: bool = False  # cache a horizontally flipped view and train on both
     end_to_end: bool = False  # no cache: run the CNN every step (and train it, with finetune_cnn)
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ValueError(
                 f"scst_lr_schedule must be one of: {', '.join(SCST_LR_SCHEDULES)} (got {self.scst_lr_schedule!r})"
             )
+        if self.scst_start not in SCST_STARTS:
+            raise ValueError(f"scst_start must be one of: {', '.join(SCST_STARTS)} (got {self.scst_start!r})")
         if self.val_method not in VAL_METHODS:
             raise ValueError(f"val_method must be one of: {', '.join(VAL_METHODS)} (got {self.val_method!r})")
         for name in ("batch_size", "log_every", "save_every", "vocab_threshold", "scst_batch_size", "scst_max_len"):

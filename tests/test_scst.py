@@ -161,3 +161,51 @@ def test_scst_fine_tunes_an_existing_model(tiny_checkpoint, tiny_coco, tmp_path)
     assert lrs == [1e-4] * 4  # constant unless asked
     model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"), with_backbone=False)
     assert vocab == model_from_checkpoint(load_checkpoint(tiny_checkpoint), with_backbone=False)[1]
+
+
+def _scripted_validation(monkeypatch, ciders: list[float]) -> None:
+    """Val CIDEr per epoch as given, so which cross-entropy epoch is best is known in advance."""
+    scores = iter(ciders)
+
+    def validate(*args, **kwargs):
+        return {"val_loss": 1.0, "val_perplexity": 2.7, "method": "greedy", "images": 6, "CIDEr": next(scores)}
+
+    monkeypatch.setattr("captioning.train.validate", validate)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_scst_starts_from_the_best_cross_entropy_epoch(tiny_coco, tmp_path, monkeypatch, interrupted):
+    # cross-entropy epochs score 0.5, 0.9, 0.3: the SCST epoch (0.1) must start from epoch 2's weights. Its lr is
+    # so small that the model it leaves is still epoch 2's: the best checkpoint's weights, within Adam's tiny steps.
+    _scripted_validation(monkeypatch, [0.5, 0.9, 0.3, 0.1])
+    cfg = _cfg(tiny_coco, tmp_path, epochs=3, scst_epochs=1, scst_lr=1e-9)
+    if interrupted:  # stopped inside epoch 3 and resumed: the best weights come back from best.pt
+        seen: list[dict] = []
+        assert fit(cfg, Callbacks(on_step=seen.append, should_stop=lambda: len(seen) == 20)).status == "stopped"
+        assert fit(cfg, resume=True).status == "finished"
+    else:
+        assert fit(cfg).status == "finished"
+    run = tmp_path / "run"
+    best = load_checkpoint(run / "best.pt")
+    assert best["provenance"]["epochs"] == 2
+    assert _max_diff(load_checkpoint(run / "last.pt")["decoder_state"], best["decoder_state"]) < 1e-6
+    starts = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "scst_start"]
+    assert [(r["from_epoch"], r["best_cider"]) for r in starts] == [(2, 0.9)]
+
+
+def test_scst_can_start_from_the_last_cross_entropy_epoch(tiny_coco, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.9, 0.3, 0.1])
+    fit(_cfg(tiny_coco, tmp_path, epochs=3, scst_epochs=1, scst_lr=1e-9, scst_start="last"))
+    run = tmp_path / "run"
+    # epoch 3 trained on at lr 1e-3 after the best checkpoint, so the final model is visibly not epoch 2's
+    assert (
+        _max_diff(load_checkpoint(run / "last.pt")["decoder_state"], load_checkpoint(run / "best.pt")["decoder_state"])
+        > 1e-4
+    )
+    assert not [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "scst_start"]
+    with pytest.raises(ValueError, match="scst_start"):
+        _cfg(tiny_coco, tmp_path, scst_start="first")
