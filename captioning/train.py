@@ -256,7 +256,11 @@ def _fit(cfg, cb, resume_ckpt, ctx, device, progress) -> FitResult:
         )
         stopped = False
         for batch in loader:
-            if batch is None:  # every image of this batch was unreadable
+            skip = batch is None  # every image of this batch was unreadable
+            if cfg.end_to_end:  # ranks skip together, or DDP pairs one rank's gradients with another's next step
+                skip = dist.any_true(skip, ctx)
+            if skip:
+                state["batch"] += 1  # a place in the epoch, not an optimizer step
                 continue
             t_step = time.time()
             reward = None
