@@ -46,6 +46,9 @@ def captioner(path: Path) -> Captioner:
         st.stop()
 
 
+SIDEBAR_CHARS = 26  # about what the sidebar's select box shows before cutting a label short
+
+
 def model_picker(required: bool = True) -> catalog.ModelEntry | None:
     """Sidebar checkpoint selector (shipped default + every run with best.pt)."""
     entries = catalog.list_checkpoints()
@@ -60,6 +63,8 @@ def model_picker(required: bool = True) -> catalog.ModelEntry | None:
         st.sidebar.caption(f"The shipped model `{catalog.default_checkpoint()}` is not there; your runs are listed.")
     labels = [e.label for e in entries]
     label = st.sidebar.selectbox("Checkpoint", labels, help="The shipped model and every finished run")
+    if len(label) > SIDEBAR_CHARS:  # the narrow sidebar cuts it off in the box: say it whole
+        st.sidebar.caption(label)
     return entries[labels.index(label)]
 
 
@@ -73,7 +78,8 @@ def decoding_controls() -> dict:
     block = st.sidebar.checkbox(
         "Block repeated phrases",
         value=True,
-        help="never say the same three words twice, as in 'a man holding a cell phone on a cell phone'",
+        help="never say the same three words twice ('a man holding a cell phone on a cell phone') or bring back "
+        "a thing already named ('a cat sitting on a table with a table')",
     )
     return {"method": method, "beam_size": beam, "max_len": max_len, "block_repeats": block}
 

@@ -147,6 +147,7 @@ def test_home_selector_lists_the_shipped_model_and_finished_runs(tiny_checkpoint
     at = open_page("home")
     options = at.sidebar.selectbox[0].options
     assert options[0].startswith("Shipped model (val CIDEr ") and options[1].startswith("my-run (val CIDEr ")
+    assert options[0] in [c.value for c in at.sidebar.caption]  # whole, where the narrow box cuts it off
     point_app(monkeypatch, tmp_path)  # no shipped model: the runs alone, and a note saying so
     at = open_page("home")
     assert at.sidebar.selectbox[0].options == [options[1]] and "is not there" in at.sidebar.caption[0].value
