@@ -37,7 +37,8 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-repeats",
         action="store_true",
-        help="let a caption say the same three words twice (blocked by default: 'a cell phone on a cell phone')",
+        help="let a caption echo itself (blocked by default: the same three words twice, 'a cell phone on a cell "
+        "phone', or a phrase's head again, 'a cat on a table with a table')",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
 

@@ -45,23 +45,57 @@ def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool) -> torch.Tensor:
 
 REPEAT_NGRAM = 3  # with block_repeats, no caption says the same three words twice
 
+# Words that join phrases rather than name things. With block_repeats a caption does not bring back the head
+# of a phrase it has already said ("a truck with a truck", "a cat on a table with a table"); a word is a head
+# where the next word is one of these or a participle ("a man sitting", "a truck parked"), and it may not come
+# again right after one of these. A modifier may ("a tennis racket on a tennis court").
+FUNCTION_WORDS = frozenset(
+    """a an the some two three four one each other another his her its their this that it
+    of on in with and or at to near next by for from under over into onto up down through behind beside
+    top front side while as is are has have , .""".split()
+)
 
-def _block_repeats(logp: torch.Tensor, histories: list[list[int]], n: int = REPEAT_NGRAM) -> torch.Tensor:
-    """Forbid each row's next word where it would complete an n-gram the row has already said.
+
+def _is_participle(word: str) -> bool:
+    return len(word) > 4 and word.endswith(("ing", "ed"))
+
+
+def _word_classes(vocab: Vocabulary) -> tuple[list[bool], list[bool]]:
+    """Per vocabulary id: (a function word, marks the word before it as a phrase's head)."""
+    special = {vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id}
+    function = [i in special or w in FUNCTION_WORDS for i, w in enumerate(vocab.itos)]
+    ends_phrase = [f or _is_participle(w) for f, w in zip(function, vocab.itos)]
+    return function, ends_phrase
+
+
+def _block_repeats(
+    logp: torch.Tensor,
+    histories: list[list[int]],
+    classes: tuple[list[bool], list[bool]] | None = None,
+    n: int = REPEAT_NGRAM,
+) -> torch.Tensor:
+    """Forbid each row's next word where it would complete an n-gram the row has already said, or, given
+    `classes` (from `_word_classes`), bring back a phrase head right after a function word.
 
     `histories[r]` is row r's words so far (no `<start>`). Self-critical training makes a model echo
-    its object phrases ("holding a cell phone on a cell phone"); this is the usual cure (the
-    "no repeat n-gram" rule of sequence generators).
+    its object phrases ("holding a cell phone on a cell phone", "a cat on a table with a table"); the
+    n-gram rule is the usual cure (the "no repeat n-gram" rule of sequence generators), the head rule
+    catches the shorter echoes it lets through.
     """
     rows, cols = [], []
     for r, h in enumerate(histories):
-        if len(h) < n:
-            continue
-        prefix = h[len(h) - n + 1 :]
-        for i in range(len(h) - n + 1):
-            if h[i : i + n - 1] == prefix:
-                rows.append(r)
-                cols.append(h[i + n - 1])
+        if len(h) >= n:
+            prefix = h[len(h) - n + 1 :]
+            for i in range(len(h) - n + 1):
+                if h[i : i + n - 1] == prefix:
+                    rows.append(r)
+                    cols.append(h[i + n - 1])
+        if classes is not None and len(h) >= 2 and classes[0][h[-1]]:
+            function, ends_phrase = classes
+            for i in range(len(h) - 1):
+                if not function[h[i]] and ends_phrase[h[i + 1]]:
+                    rows.append(r)
+                    cols.append(h[i])
     if rows:
         logp = logp.clone()
         logp[rows, cols] = float("-inf")
@@ -83,6 +117,7 @@ def greedy(
 ) -> list[Hypothesis]:
     """The most probable word at every step, for each of the B images in `feats`."""
     B = feats.size(0)
+    classes = _word_classes(vocab) if block_repeats else None
     state = decoder.init_state(feats)
     tokens = torch.full((B,), vocab.start_id, dtype=torch.long, device=feats.device)
     ids, logps, attns = [], [], []
@@ -91,7 +126,7 @@ def greedy(
         logp, state, alpha = decoder.step(tokens, state)  # (B, V)
         logp = _allowed(logp, vocab, last=t == max_len)
         if block_repeats and ids:
-            logp = _block_repeats(logp, torch.stack(ids, 1).tolist())
+            logp = _block_repeats(logp, torch.stack(ids, 1).tolist(), classes)
         best, tokens = logp.max(dim=1)  # (B,)
         ids.append(tokens)
         logps.append(best)
@@ -138,6 +173,7 @@ def beam_search(
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1 (got {beam_size})")
     B, k, dev = feats.size(0), beam_size, feats.device
+    classes = _word_classes(vocab) if block_repeats else None
     state = decoder.init_state(feats.repeat_interleave(k, dim=0))  # rows b*k + j
     scores = torch.full((B, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # at first all beams are identical: expand only one
@@ -151,7 +187,7 @@ def beam_search(
         logp, state, alpha = decoder.step(tokens, state)  # (B*k, V)
         logp = _allowed(logp, vocab, last=t == max_len)
         if block_repeats:
-            logp = _block_repeats(logp, [h for row in hist_ids for h in row])
+            logp = _block_repeats(logp, [h for row in hist_ids for h in row], classes)
         V = logp.size(1)
         cand = (scores.unsqueeze(2) + logp.view(B, k, V)).view(B, k * V)  # (B, k*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)

@@ -77,7 +77,8 @@ class Captioner:
     ) -> list[Caption]:
         """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
 
-        `block_repeats` forbids saying the same three words twice ("a cell phone on a cell phone").
+        `block_repeats` forbids echoes: the same three words twice ("a cell phone on a cell phone") or a
+        phrase's head again ("a cat on a table with a table"); see `decoding._block_repeats`.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")

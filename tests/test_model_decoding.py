@@ -140,7 +140,7 @@ def test_beam_finds_at_least_greedy_score(vocab):
 
 
 class _ChainDecoder(torch.nn.Module):
-    """A decoder that always wants the next word of a fixed chain; `fallback` is its second choice."""
+    """A decoder that always wants the next word of a fixed chain; `fallback` its next choice(s)."""
 
     def __init__(self, vocab: Vocabulary, chain: dict[str, str], fallback: dict[str, str]) -> None:
         super().__init__()
@@ -154,8 +154,9 @@ class _ChainDecoder(torch.nn.Module):
         for r, t in enumerate(tokens.tolist()):
             word = self.vocab.itos[t]
             logp[r, self.vocab.stoi[self.chain.get(word, "<end>")]] = -0.1
-            if word in self.fallback:
-                logp[r, self.vocab.stoi[self.fallback[word]]] = -3.0
+            later = self.fallback.get(word, ())
+            for rank, other in enumerate((later,) if isinstance(later, str) else later):
+                logp[r, self.vocab.stoi[other]] = -3.0 - rank
         return logp, state, None
 
 
@@ -174,6 +175,34 @@ def test_blocking_repeats_stops_a_phrase_echo():
     assert blocked.text.lower().startswith("a cell phone on a cell") and not repeated_ngrams(blocked.ids)
     best = beam_search(decoder, feats, vocab, beam_size=3, max_len=9, block_repeats=True)[0][0]
     assert best.text.lower().rstrip(".") == "a cell phone on bench"  # the beam avoids the dead end
+
+
+def test_blocking_repeats_stops_a_head_echo_but_keeps_a_repeated_modifier():
+    words = ["a", "cat", "sitting", "on", "table", "with", "tennis", "racket", "court", "laptop"]
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *words])
+    # "a cat sitting on a table with a cat": "cat" heads its phrase (a participle follows), so it may not
+    # come back after "a"; "table" (followed by "with") neither; the second choice is taken instead
+    echo = _ChainDecoder(
+        vocab,
+        {"<start>": "a", "a": "cat", "cat": "sitting", "sitting": "on", "on": "a", "table": "with", "with": "a"},
+        {"a": ("table", "laptop")},
+    )
+    feats = torch.zeros(1, 4)
+    plain = greedy(echo, feats, vocab, max_len=12)[0].text.lower()
+    assert plain.startswith("a cat sitting on a cat sitting on")  # the model alone loops
+    blocked = greedy(echo, feats, vocab, max_len=12, block_repeats=True)[0].text.lower()
+    assert blocked.rstrip(".") == "a cat sitting on a table with a laptop", blocked
+    for hyp in beam_search(echo, feats, vocab, beam_size=3, max_len=12, block_repeats=True)[0]:
+        said = hyp.text.lower().rstrip(".").split()
+        assert said.count("cat") <= 1 and said.count("table") <= 1, said
+    # "tennis" before "racket" is a modifier, not a head: "a tennis racket on a tennis court" is allowed
+    court = _ChainDecoder(
+        vocab,
+        {"<start>": "a", "a": "tennis", "tennis": "racket", "racket": "on", "on": "a"},
+        {"tennis": "court", "court": "<end>"},
+    )
+    blocked = greedy(court, feats, vocab, max_len=8, block_repeats=True)[0].text.lower().rstrip(".")
+    assert blocked == "a tennis racket on a tennis court", blocked
 
 
 @pytest.mark.parametrize("decoder", ["showtell", "attention"])
