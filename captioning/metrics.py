@@ -6,10 +6,14 @@ Use: score_captions({42: "a dog on a beach"}, {42: ["A dog runs on sand.", ...]}
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
@@ -17,7 +21,8 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer, precook
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
+from pycocoevalcap.tokenizer import ptbtokenizer
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 _BLEU_NAMES = METRIC_NAMES[:4]
@@ -71,17 +76,46 @@ def _python_tokenize(caption: str) -> str:
     return " ".join(t for t in _TOKEN.findall(text) if t not in PUNCTUATIONS)
 
 
+# Stanford CoreNLP's PTB tokenizer, the jar pycocoevalcap ships and runs for the official COCO scores.
+_PTB_JAR = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+
+
+def _java_ptb_tokenize(lines: list[str]) -> list[str]:
+    """Each line through the Java PTB tokenizer (lower-cased, punctuation tokens dropped), as the COCO
+    evaluation does, with the same command line as pycocoevalcap's PTBTokenizer.
+
+    Run here rather than through PTBTokenizer so that the tokenizer's report of every call ("PTBTokenizer
+    tokenized 2739 tokens at ...") stays off the user's terminal (its stderr is kept for an error message),
+    and its input goes to the system's temp dir rather than into the installed package.
+    """
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False) as f:
+        f.write("\n".join(lines))
+    try:
+        cmd = ["java", "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]
+        done = subprocess.run([*cmd, f.name], capture_output=True, check=False)
+    finally:
+        os.unlink(f.name)
+    if done.returncode != 0:
+        last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
+        raise OSError(f"exit status {done.returncode}: {last}")
+    out = done.stdout.decode("utf-8").split("\n")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS) for line in out[: len(lines)]]
+
+
 def _tokenize(captions: dict[Hashable, list[str]], java: bool, notes: list[str]) -> dict[Hashable, list[str]]:
     """Tokenize every caption: Java's PTB tokenizer if possible, else the Python one."""
     # The Java tokenizer reads one caption a line, so no caption may hold a line break.
     flat = {key: [" ".join(c.split()) for c in caps] for key, caps in captions.items()}
     if java:
+        keys = [key for key, caps in flat.items() for _ in caps]
         try:
-            out = PTBTokenizer().tokenize({k: [{"caption": c} for c in caps] for k, caps in flat.items()})
-            if all(len(out.get(k, ())) == len(caps) for k, caps in flat.items()):
-                return out
+            out = _java_ptb_tokenize([c for caps in flat.values() for c in caps])
+            if len(out) == len(keys):
+                tokens: dict[Hashable, list[str]] = {key: [] for key in flat}
+                for key, line in zip(keys, out, strict=True):
+                    tokens[key].append(line)
+                return tokens
             notes.append("The PTB tokenizer lost captions; a Python tokenizer was used instead.")
-        # OSError: e.g. a read-only pycocoevalcap install, where it writes a temp file.
         except (OSError, UnicodeError) as error:
             notes.append(f"The PTB tokenizer failed ({error}); a Python one was used instead.")
     else:

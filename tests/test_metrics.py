@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from captioning import metrics
 from captioning.metrics import (
@@ -171,6 +172,31 @@ def test_python_tokenizer_gives_the_java_scores(
         without = score_captions(predictions, REFERENCES, meteor=False)
         for name, value in without.corpus.items():
             assert value == pytest.approx(with_java.corpus[name], rel=1e-9), name
+
+
+TRICKY = {
+    1: ["A man's dog, running (fast) on the beach.", "", 'Two black-and-white cats don\'t sit; "quietly" -- at 3.5!'],
+    2: ["The kids' toys & a U.S. flag... isn't it? 10,000 e-mails/day", "Caf\u00e9 na\u00efve \u2014 \u00fcber"],
+}
+
+
+@needs_java
+def test_java_tokenizer_matches_pycocoevalcap_and_keeps_quiet(capfd: pytest.CaptureFixture[str]) -> None:
+    notes: list[str] = []
+    ours = metrics._tokenize(TRICKY, java=True, notes=notes)
+    assert notes == [] and capfd.readouterr().err == ""  # no "PTBTokenizer tokenized N tokens" per call
+    official = PTBTokenizer().tokenize({k: [{"caption": c} for c in caps] for k, caps in TRICKY.items()})
+    assert ours == official
+    assert ours[1][0] == "a man 's dog running -lrb- fast -rrb- on the beach" and ours[1][1] == ""
+
+
+@needs_java
+def test_a_failing_java_tokenizer_falls_back_with_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(metrics, "_PTB_JAR", tmp_path / "missing.jar")
+    notes: list[str] = []
+    tokens = metrics._tokenize({1: ["A dog, on the beach."]}, java=True, notes=notes)
+    assert tokens == {1: ["a dog on the beach"]}
+    assert len(notes) == 1 and notes[0].startswith("The PTB tokenizer failed (exit status 1")
 
 
 @needs_java
