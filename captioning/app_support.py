@@ -164,12 +164,25 @@ def epochs_frame(runs: dict[str, list[dict]], metrics: tuple[str, ...] = ("BLEU-
 
 
 def runs_summary(runs: dict[str, list[dict]]) -> pd.DataFrame:
-    """run, steps, best val CIDEr: one row per run."""
+    """run, steps, best val CIDEr and its epoch, and the epoch a self-critical phase started from: a row per run.
+
+    The last matters because SCST starts from the best cross-entropy epoch's weights by default, so the
+    validation curves jump back to that epoch's level where the phase begins.
+    """
     rows = []
     for name, records in runs.items():
-        ciders = [r["CIDEr"] for r in records if r.get("kind") == "epoch" and "CIDEr" in r]
-        steps = max((r.get("step", 0) for r in records), default=0)
-        rows.append({"run": name, "steps": steps, "best val CIDEr": max(ciders) if ciders else None})
+        scored = [r for r in records if r.get("kind") == "epoch" and "CIDEr" in r]
+        best = max(scored, key=lambda r: r["CIDEr"], default=None)
+        scst = [r for r in records if r.get("event") == "scst_start"]
+        rows.append(
+            {
+                "run": name,
+                "steps": max((r.get("step", 0) for r in records), default=0),
+                "best val CIDEr": best["CIDEr"] if best else None,
+                "best epoch": best.get("epoch") if best else None,
+                "SCST started from epoch": scst[-1].get("from_epoch") if scst else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 

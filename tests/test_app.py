@@ -255,7 +255,8 @@ def test_logs_show_the_reward_of_a_self_critical_phase(tiny_run, monkeypatch, tm
     last = max(r["step"] for r in records if r["kind"] == "step")
     scst = [{"kind": "step", "step": last + n, "epoch": 6 + n / 4, "phase": "scst", "reward": 0.5 + n / 10,
              "scst_loss": 0.01, "lr": 1e-4} for n in range(1, 5)]  # fmt: skip
-    (runs / "scst" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records + scst) + "\n")
+    start = {"kind": "event", "event": "scst_start", "step": last, "epoch": 6, "from_epoch": 2, "best_cider": 0.4}
+    (runs / "scst" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [*records, start, *scst]) + "\n")
     at = open_page("logs")
     assert not at.exception
     at.sidebar.slider[0].set_value(0.0).run()
@@ -264,6 +265,8 @@ def test_logs_show_the_reward_of_a_self_critical_phase(tiny_run, monkeypatch, tm
     assert reward["reward"].tolist() == pytest.approx([0.6, 0.7, 0.8, 0.9])
     loss = chart_data(charts["Training loss"])[0]
     assert loss["step"].max() == last  # the loss curve stops where the reward curve starts
+    summary = at.dataframe[0].value.set_index("run")
+    assert summary.loc["scst", "SCST started from epoch"] == 2  # where the validation curves jump back to
 
 
 def test_logs_plot_an_uploaded_seed_log_and_reject_other_text(monkeypatch, tmp_path):
