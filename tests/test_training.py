@@ -183,7 +183,6 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_zero(tiny_coco, tmp_path
     assert read_metrics(out / "metrics.jsonl")[-1]["event"] == "stopped"
 
 
-@pytest.mark.slow
 def _torchrun_train(coco, out, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m captioning train` as two CPU processes under torchrun (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "captioning",
@@ -192,6 +191,7 @@ def _torchrun_train(coco, out, *args: str, timeout: int = 300) -> subprocess.Com
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
     out = tmp_path / "ddp"
     result = _torchrun_train(tiny_coco, out, "--epochs", "2", "--scst-epochs", "1", "--scst-batch-size", "4",
@@ -210,6 +210,7 @@ def test_torchrun_two_processes_write_one_set_of_logs(tiny_coco, tmp_path):
     assert len(caption.words) >= 2
 
 
+@pytest.mark.slow
 def test_torchrun_end_to_end_ranks_skip_an_unreadable_batch_together(tiny_coco, tmp_path):
     # one image per step: the truncated image's 5 captions make empty batches on one rank while the other
     # rank has a good image; unless both skip that step, their gradient syncs pair up wrong and the run hangs
