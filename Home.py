@@ -2,9 +2,8 @@
 
 import streamlit as st
 
-import app_ui
-from captioning.app_support import (
-    IMAGE_TYPES,
+from app import ui
+from app.render import (
     alternatives_frame,
     attention_overlay,
     captions_csv,
@@ -12,14 +11,15 @@ from captioning.app_support import (
     word_confidence_html,
     word_probability_chart,
 )
+from captioning.data import IMAGE_TYPES
 
 st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
 st.title("Image captioning")
 st.caption("Drop images below and the model describes them. Pick the model and decoding in the sidebar.")
 
-entry = app_ui.model_picker()
-decoding = app_ui.decoding_controls()
-model = app_ui.captioner(entry.path)
+entry = ui.model_picker()
+decoding = ui.decoding_controls()
+model = ui.captioner(entry.path)
 cfg = model.info.get("model_config", {})
 st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?')} decoder, {len(model.vocab)} words")
 
@@ -35,7 +35,7 @@ if not uploads:
     st.info("Drag and drop one or more images onto the box above (or click **Upload**) to caption them.")
     st.stop()
 
-results = app_ui.caption_uploads(model, entry.path, uploads, decoding)
+results = ui.caption_uploads(model, entry.path, uploads, decoding)
 if len(results) > 1:
     st.dataframe(captions_frame(results), hide_index=True)
     st.download_button(

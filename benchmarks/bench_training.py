@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from captioning.config import TrainConfig
 from captioning.train import fit
-from captioning.trainconfig import TrainConfig
 
 
 def _ids_file(root: Path, split: str, n: int, folder: Path) -> Path:
@@ -73,7 +73,7 @@ def main() -> None:
     timings = {}
     for name, extra in (("cached features", {}), ("CNN every step (seed)", {"end_to_end": True})):
         t = time.perf_counter()
-        fit(TrainConfig(out=str(tmp / name.split()[0]), **common, **extra))
+        fit(TrainConfig.of(out=str(tmp / name.split()[0]), **common, **extra))
         timings[name] = time.perf_counter() - t
     captions = sum(
         len(CocoSplit.load(root, args.split, ids).captions[i]) for i in CocoSplit.load(root, args.split, ids).ids

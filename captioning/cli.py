@@ -14,9 +14,20 @@ from pathlib import Path
 from captioning.backbones import BackboneError
 from captioning.checkpoint import CheckpointError
 from captioning.data import CocoSplit, DatasetError, ImageLoadError, load_image
-from captioning.inference import DEFAULT_CHECKPOINT, METHODS
+from captioning.decoding import METHODS
+from captioning.download import DEFAULT_BASE_URL, SPLITS, DownloadError, download_coco
+from captioning.inference import DEFAULT_CHECKPOINT
+from captioning.train_cli import add_extract_features, add_train
 
-USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageLoadError, ValueError, FileNotFoundError)
+USER_ERRORS = (
+    DatasetError,
+    CheckpointError,
+    BackboneError,
+    ImageLoadError,
+    DownloadError,
+    ValueError,
+    FileNotFoundError,
+)
 
 
 def _load_captioner(path: Path, device: str = "auto"):
@@ -121,10 +132,23 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_download(args: argparse.Namespace) -> int:
+    """Returns 1 if some images failed."""
+    summary = download_coco(args.dest, args.split, args.limit, args.base_url, args.retries)
+    print(
+        f"{summary.split} images: {summary.downloaded} downloaded, {summary.skipped} already "
+        f"there, {len(summary.failed)} failed; in {summary.images_dir}, "
+        f"captions in {summary.annotations}"
+    )
+    if not summary.failed:
+        return 0
+    shown = ", ".join(summary.failed[:5])
+    more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
+    print(f"failed: {shown}{more} (run again to retry them)")
+    return 1
 
+
+def add_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption image files")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -132,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding(p)
     p.set_defaults(func=cmd_caption)
 
+
+def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO metrics of a checkpoint on a split")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--coco-root", type=Path, required=True)
@@ -143,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def add_build_vocab(sub) -> None:
     p = sub.add_parser("build-vocab", help="build a vocabulary JSON from a split's captions")
     p.add_argument("--coco-root", type=Path, required=True)
     p.add_argument("--split", required=True)
@@ -151,15 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_build_vocab)
 
-    from captioning.download import add_download_parser
 
-    add_download_parser(sub)
-    try:
-        from captioning.train_cli import add_train_parsers
-    except ImportError:  # pragma: no cover - training module not present
-        pass
-    else:
-        add_train_parsers(sub)
+def add_download(sub) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch COCO 2017 captions and images",
+        description="Download MS COCO 2017 captions and images (needs internet).",
+    )
+    p.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder")
+    p.add_argument("--split", choices=SPLITS, default="val2017")
+    p.add_argument("--limit", type=int, help="only the first N images by id")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="COCO host or mirror")
+    p.add_argument("--retries", type=int, default=3, help="extra tries per file")
+    p.set_defaults(func=cmd_download)
+
+
+COMMANDS = (add_caption, add_evaluate, add_build_vocab, add_download, add_train, add_extract_features)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -167,11 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-    from captioning.download import DownloadError
-
     try:
         return args.func(args)
-    except (*USER_ERRORS, DownloadError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

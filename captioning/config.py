@@ -1,29 +1,80 @@
-"""Frozen configuration dataclasses, saved with every checkpoint and run."""
+"""Frozen configuration dataclasses, saved with every checkpoint and run, and the one source of CLI flags.
+
+Each field carries its help text (and choices) in its metadata: `add_arguments` turns the fields into
+argparse flags, `TrainConfig.to_argv` turns a config back into the command line that rebuilds it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from captioning.backbones import BACKBONES, DEFAULT_BACKBONE
+
 DECODERS = ("showtell", "attention")
+LR_SCHEDULES = ("constant", "cosine", "step")
+VAL_METHODS = ("greedy", "beam")
+SCST_LR_SCHEDULES = ("constant", "cosine")
+SCST_STARTS = ("best", "last")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_CACHE_DIR = "cache/features"
+
+
+def option(default: Any, help: str, choices: tuple | None = None, cli: bool = True, **extra: Any) -> Any:
+    """A dataclass field whose metadata says how it appears on the command line."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, **extra})
+
+
+def _check_types(config: Any) -> None:
+    """ValueError naming the field when a value has the wrong type (e.g. a hand-edited config.json)."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        allowed = typing.get_args(hint) or (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))
+            continue
+        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t):
+            raise ValueError(f"{f.name} must be {_type_name(allowed)} (got {value!r})")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be one of: {', '.join(map(str, choices))} (got {value!r})")
+
+
+def _type_name(types: tuple) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def _from_known(cls: type, data: Any, **fixed: Any) -> Any:
+    """`cls` from the keys of `data` it knows; unknown keys (from newer or older versions) are ignored."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {cls.__name__} must be a JSON object (got {type(data).__name__})")
+    known = {f.name for f in fields(cls)} - set(fixed)
+    return cls(**{k: v for k, v in data.items() if k in known}, **fixed)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a captioner's modules (the vocabulary travels beside it)."""
 
-    backbone: str = "efficientnet_lite0"
-    decoder: str = "showtell"  # "showtell" (Vinyals et al.) or "attention" (Xu et al.)
-    embed_size: int = 256
-    hidden_size: int = 512
-    attention_size: int = 512
-    dropout: float = 0.5
-    vocab_size: int = 0
-    finetune_cnn: bool = False  # when True the backbone's weights are saved in the checkpoint
+    backbone: str = option(DEFAULT_BACKBONE, "frozen ImageNet CNN", choices=tuple(BACKBONES))
+    decoder: str = option(
+        "showtell", "showtell (Vinyals et al.: pooled features) or attention (Xu et al.: a 7x7 grid)", DECODERS
+    )
+    embed_size: int = option(256, "word and image embedding width")
+    hidden_size: int = option(512, "LSTM hidden width")
+    attention_size: int = option(512, "attention layer width (attention decoder)")
+    dropout: float = option(0.5, "dropout on embeddings and LSTM outputs")
+    vocab_size: int = option(0, "words in the vocabulary (set from it)", cli=False)
+    finetune_cnn: bool = option(False, "train the CNN too (needs --end-to-end); its weights go into checkpoints")
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of: {', '.join(DECODERS)} (got {self.decoder!r})")
+        _check_types(self)
         for name in ("embed_size", "hidden_size", "attention_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
@@ -35,5 +86,187 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _from_known(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run, written to `config.json` at its start and into every `last.pt`.
+
+    The model it trains is `model` (ignored when `init_from` or a resume gives a checkpoint, whose model is
+    kept). Saved flat, as `to_dict` shows: model fields sit beside the training ones, as they always have.
+    """
+
+    coco_root: str = option(None, "a COCO root: annotations/captions_SPLIT.json and SPLIT/", required=True)
+    out: str = option(None, "run directory, e.g. runs/NAME", required=True)
+    train_split: str = option("train", "split to train on")
+    val_split: str | None = option(
+        "val", "split to validate on after each epoch", none_flag="--no-val", none_help="no validation split"
+    )
+    train_ids: str | None = option(None, "file of image ids restricting the train split")
+    val_ids: str | None = option(None, "file of image ids restricting the val split")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocab_threshold: int = option(5, "words seen fewer times become <unk>")
+    init_from: str | None = option(None, "fine-tune from a checkpoint, keeping its model and vocabulary")
+    # optimisation: Adam on cross-entropy, as the seed
+    epochs: int = option(5, "cross-entropy epochs (0 with --scst-epochs: SCST only)")
+    max_steps: int | None = option(None, "stop after this many optimizer steps in all")
+    batch_size: int = option(64, "captions per cross-entropy step")
+    lr: float = option(1e-3, "learning rate of the cross-entropy epochs")
+    lr_schedule: str = option("constant", "cross-entropy learning-rate schedule", LR_SCHEDULES)
+    lr_step_epochs: int = option(3, "for the step schedule: multiply the lr by --lr-gamma every this many epochs")
+    lr_gamma: float = option(0.5, "the step schedule's factor")
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps")
+    grad_clip: float = option(5.0, "clip the gradient norm to this")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing")
+    attention_reg: float = option(1.0, "Xu et al.'s doubly stochastic attention weight (attention decoder)")
+    seed: int = option(0, "random seed: a run repeats exactly at the same thread count")
+    # self-critical sequence training after the cross-entropy epochs (cached features only)
+    scst_epochs: int = option(0, "self-critical (CIDEr-D reward) epochs after the cross-entropy ones")
+    scst_lr: float = option(5e-5, "learning rate of the self-critical epochs")
+    scst_samples: int = option(5, "captions sampled per image; each one's baseline is the others' mean reward")
+    scst_batch_size: int = option(16, "images per self-critical step")
+    scst_max_len: int = option(16, "longest sampled caption in words")
+    scst_lr_schedule: str = option("constant", "constant, or cosine from --scst-lr down to 0", SCST_LR_SCHEDULES)
+    scst_start: str = option(
+        "best", "SCST starts from the best cross-entropy epoch on val CIDEr, or the last", SCST_STARTS
+    )
+    # data
+    flip: bool = option(False, "also train on horizontally flipped views (cached too)")
+    end_to_end: bool = option(False, "no feature cache: run the CNN every step")
+    cache_dir: str = option(DEFAULT_CACHE_DIR, "where frozen-CNN features are cached")
+    num_workers: int = option(2, "image-loading worker processes")
+    # validation and logging
+    val_method: str = option("greedy", "decoding of the validation captions", VAL_METHODS)
+    val_beam_size: int = option(3, "beams for --val-method beam")
+    val_limit: int | None = option(None, "validate on the first N images only")
+    patience: int | None = option(None, "early stop after N epochs without a better val CIDEr")
+    log_every: int = option(10, "steps between loss records")
+    save_every: int = option(500, "steps between resumable last.pt saves")
+    device: str = option("auto", "auto (cuda if available), cpu or cuda", DEVICES)
+    amp: bool = option(False, "mixed precision on CUDA")
+
+    def __post_init__(self) -> None:
+        if self.coco_root is None or self.out is None:
+            raise ValueError("a training run needs coco_root and out")
+        _check_types(self)
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        for name in ("batch_size", "log_every", "save_every", "vocab_threshold", "scst_batch_size", "scst_max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.epochs < 0 or self.scst_epochs < 0 or self.epochs + self.scst_epochs < 1:
+            raise ValueError(
+                f"epochs and scst_epochs cannot be negative and must add up to at least 1 "
+                f"(got {self.epochs} and {self.scst_epochs})"
+            )
+        if self.scst_epochs:
+            if self.end_to_end:
+                raise ValueError("scst_epochs needs cached features: it cannot run with end_to_end")
+            if self.scst_samples < 2:
+                raise ValueError(
+                    "scst_samples must be at least 2: each sample's baseline is the others' mean "
+                    f"(got {self.scst_samples})"
+                )
+            if self.scst_lr <= 0:
+                raise ValueError(f"scst_lr must be positive (got {self.scst_lr})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1 (got {self.max_steps})")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive (got {self.lr})")
+        if self.model.finetune_cnn and not self.end_to_end:
+            raise ValueError("finetune_cnn needs end_to_end (cached features come from a frozen CNN)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat: the training fields, then the model's (without vocab_size, which the vocabulary sets)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        data.update({k: v for k, v in self.model.to_dict().items() if k != "vocab_size"})
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of `to_dict`; also takes a nested "model" object. Unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a TrainConfig must be a JSON object (got {type(data).__name__})")
+        model = data.get("model") if isinstance(data.get("model"), dict) else data
+        return _from_known(cls, data, model=ModelConfig.from_dict(model))
+
+    @classmethod
+    def of(cls, **values: Any) -> TrainConfig:
+        """From flat keyword arguments, model fields among them, as the CLI and config.json spell them."""
+        model, rest = _split_model(values)
+        return cls(model=ModelConfig(**model), **rest)
+
+    def with_values(self, **values: Any) -> TrainConfig:
+        """A copy with training or model fields changed by name."""
+        model, rest = _split_model(values)
+        return replace(self, model=replace(self.model, **model), **rest)
+
+    def to_argv(self) -> list[str]:
+        """The `python -m captioning train` flags that rebuild this config (defaults left out)."""
+        argv: list[str] = []
+        defaults = {f.name: f for f in _cli_fields()}
+        values = self.to_dict()
+        for name, f in defaults.items():
+            value, default = values[name], f.default
+            if value == default and not f.metadata.get("required"):
+                continue
+            if isinstance(value, bool):
+                argv += [_flag(name)] if value else []
+            elif value is None:
+                argv.append(f.metadata["none_flag"])
+            else:
+                argv += [_flag(name), str(value)]
+        return argv
+
+
+def _split_model(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = {f.name for f in fields(ModelConfig)}
+    return {k: v for k, v in values.items() if k in names}, {k: v for k, v in values.items() if k not in names}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cli_fields() -> list[dataclasses.Field]:
+    """The fields with a command-line flag: TrainConfig's, with ModelConfig's in place of `model`."""
+    out = []
+    for f in fields(TrainConfig):
+        out += [m for m in fields(ModelConfig) if m.metadata["cli"]] if f.name == "model" else [f]
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, defaults: bool = False) -> None:
+    """Add a flag per config field (or the fields named in `only`), with its help and default.
+
+    With `defaults=False` an unset flag parses to None, so `config_from_args` keeps the dataclass's default
+    (and a resume can tell what was asked for again); with True the default is filled in.
+    """
+    hints = {**typing.get_type_hints(ModelConfig), **typing.get_type_hints(TrainConfig)}
+    for f in _cli_fields():
+        if only is not None and f.name not in only:
+            continue
+        meta, kind = f.metadata, next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t)
+        shown = "" if f.default is None or meta.get("required") else f" (default: {f.default})"
+        kw: dict[str, Any] = {"help": meta["help"] + shown, "default": f.default if defaults else None}
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action="store_true", **{**kw, "default": False if defaults else None})
+            continue
+        if meta.get("required"):
+            kw["required"] = True
+        parser.add_argument(_flag(f.name), type=kind, choices=meta["choices"], **kw)
+        if meta.get("none_flag"):
+            parser.add_argument(
+                meta["none_flag"], dest=f.name, action="store_const", const=_NONE, help=meta["none_help"]
+            )
+
+
+_NONE = "\0none"  # what a --no-X flag stores, so that "not given" (None) stays distinguishable
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed `add_arguments` flags: what was given, the dataclass defaults for the rest."""
+    values = {f.name: getattr(args, f.name) for f in _cli_fields() if getattr(args, f.name, None) is not None}
+    return TrainConfig.of(**{k: None if v == _NONE else v for k, v in values.items()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # the file types the app offers
 MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
 DOWNLOAD_HINT = "python -m captioning download --dest {root} --split val2017"
 
@@ -173,6 +175,17 @@ class CocoSplit:
 
     def all_captions(self) -> list[str]:
         return [c for i in self.ids for c in self.captions[i]]
+
+
+def search_captions(split: CocoSplit, query: str) -> list[int]:
+    """Ids whose reference captions contain every word of `query` (or the id itself, for digits)."""
+    words = re.findall(r"[a-z0-9']+", query.lower())
+    if not words:
+        return list(split.ids)
+    if len(words) == 1 and words[0].isdigit() and int(words[0]) in split.files:
+        return [int(words[0])]
+    patterns = [re.compile(rf"\b{re.escape(w)}\b") for w in words]
+    return [i for i in split.ids if all(any(p.search(c.lower()) for c in split.captions[i]) for p in patterns)]
 
 
 def collate_captions(

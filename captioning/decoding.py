@@ -27,6 +27,40 @@ class Hypothesis:
     attention: list[torch.Tensor] | None = field(default=None, repr=False)  # one (N,) per id
 
 
+METHODS = ("greedy", "beam")
+
+
+def decode(
+    decoder: nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    method: str = "beam",
+    beam_size: int = 3,
+    max_len: int = 20,
+    block_repeats: bool = True,
+) -> list[list[Hypothesis]]:
+    """The one decoding entry point (validation, evaluation, `Captioner`): captions per row of `feats`,
+    best first; greedy gives one, beam search `beam_size`.
+
+    `block_repeats` forbids echoes: the same three words twice ("a cell phone on a cell phone") or a
+    phrase's head again ("a cat on a table with a table"); see `_block_repeats`.
+    """
+    check_decoding(method, beam_size, max_len)
+    if method == "greedy":
+        return [[h] for h in greedy(decoder, feats, vocab, max_len, block_repeats=block_repeats)]
+    return beam_search(decoder, feats, vocab, beam_size, max_len, block_repeats=block_repeats)
+
+
+def check_decoding(method: str, beam_size: int, max_len: int) -> None:
+    """ValueError naming the allowed values for a bad decoding setting."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1 (got {max_len})")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1 (got {beam_size})")
+
+
 def _normalise(logprob: float, length: int, length_penalty: float) -> float:
     return logprob / max(length, 1) ** length_penalty
 
@@ -178,67 +212,76 @@ def beam_search(
     scores = torch.full((B, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # at first all beams are identical: expand only one
     tokens = torch.full((B * k,), vocab.start_id, dtype=torch.long, device=dev)
-    # per row history: ids, per-word log-probs, attention
-    hist_ids = [[[] for _ in range(k)] for _ in range(B)]
-    hist_lp = [[[] for _ in range(k)] for _ in range(B)]
-    hist_att: list[list[list]] = [[[] for _ in range(k)] for _ in range(B)]
+    beams = [[_Beam([], [], []) for _ in range(k)] for _ in range(B)]  # per image, per row: its history
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(max_len + 1):
         logp, state, alpha = decoder.step(tokens, state)  # (B*k, V)
         logp = _allowed(logp, vocab, last=t == max_len)
         if block_repeats:
-            logp = _block_repeats(logp, [h for row in hist_ids for h in row], classes)
+            logp = _block_repeats(logp, [beam.ids for row in beams for beam in row], classes)
         V = logp.size(1)
         cand = (scores.unsqueeze(2) + logp.view(B, k, V)).view(B, k * V)  # (B, k*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-        logp_cpu = logp.view(B, k, V).float().cpu()
-        new_rows, new_tokens, new_scores = [], [], []
-        new_ids, new_lp, new_att = [], [], []
-        for b in range(B):
-            rows, toks, scs, ids_b, lp_b, att_b = [], [], [], [], [], []
-            if len(finished[b]) < k:
-                for s, flat in zip(top_scores[b], top_idx[b]):
-                    if s == float("-inf"):
-                        break
-                    j, w = divmod(flat, V)
-                    ids = hist_ids[b][j] + [w]
-                    lps = hist_lp[b][j] + [float(logp_cpu[b, j, w])]
-                    att = hist_att[b][j] + ([] if alpha is None else [alpha[b * k + j].float().cpu()])
-                    if w == vocab.end_id:
-                        finished[b].append(_hypothesis(vocab, ids, lps, att, alpha, length_penalty))
-                        if len(finished[b]) >= k:
-                            break
-                    elif len(rows) < k:
-                        rows.append(b * k + j)
-                        toks.append(w)
-                        scs.append(s)
-                        ids_b.append(ids)
-                        lp_b.append(lps)
-                        att_b.append(att)
-                    if len(rows) == k:
-                        break
-            while len(rows) < k:  # pad dead beams so the batch keeps its shape
-                rows.append(b * k)
-                toks.append(vocab.end_id)
-                scs.append(float("-inf"))
-                ids_b.append([])
-                lp_b.append([])
-                att_b.append([])
-            new_rows += rows
-            new_tokens += toks
-            new_scores.append(scs)
-            new_ids.append(ids_b)
-            new_lp.append(lp_b)
-            new_att.append(att_b)
+        step = _Step(logp.view(B, k, V).float().cpu(), alpha, vocab, k, length_penalty)
+        chosen = [step.advance(b, beams[b], top_scores[b].tolist(), top_idx[b].tolist(), finished[b]) for b in range(B)]
         if all(len(f) >= k for f in finished):
             break
-        index = torch.tensor(new_rows, device=dev)
-        state = _reorder(state, index)
-        tokens = torch.tensor(new_tokens, device=dev)
-        scores = torch.tensor(new_scores, device=dev)
-        hist_ids, hist_lp, hist_att = new_ids, new_lp, new_att
+        state = _reorder(state, torch.tensor([b * k + j for b, row in enumerate(chosen) for j, *_ in row], device=dev))
+        tokens = torch.tensor([w for row in chosen for _, w, _, _ in row], device=dev)
+        scores = torch.tensor([[s for _, _, s, _ in row] for row in chosen], device=dev)
+        beams = [[beam for *_, beam in row] for row in chosen]
     return [sorted(f, key=lambda h: h.score, reverse=True)[:k] for f in finished]
+
+
+@dataclass
+class _Beam:
+    """A live beam's history: word ids, their log-probabilities and attention maps."""
+
+    ids: list[int]
+    logps: list[float]
+    attention: list[torch.Tensor]
+
+
+@dataclass
+class _Step:
+    """One beam-search step's view of the candidates, shared by every image of the batch."""
+
+    logp: torch.Tensor  # (B, k, V) on the cpu
+    alpha: torch.Tensor | None  # (B*k, N) attention, or None
+    vocab: Vocabulary
+    k: int
+    length_penalty: float
+
+    def advance(
+        self, b: int, beams: list[_Beam], scores: list[float], flat: list[int], finished: list[Hypothesis]
+    ) -> list[tuple[int, int, float, _Beam]]:
+        """Image b's k beams for the next step as (parent row, word, score, history), best first.
+
+        Candidates ending in `<end>` go to `finished`; dead rows (no candidates left) are padded so
+        the batch keeps its shape.
+        """
+        out: list[tuple[int, int, float, _Beam]] = []
+        if len(finished) < self.k:
+            for s, index in zip(scores, flat):
+                if s == float("-inf"):
+                    break
+                j, w = divmod(index, self.logp.size(2))
+                parent = beams[j]
+                att = [] if self.alpha is None else [self.alpha[b * self.k + j].float().cpu()]
+                beam = _Beam(parent.ids + [w], parent.logps + [float(self.logp[b, j, w])], parent.attention + att)
+                if w == self.vocab.end_id:
+                    finished.append(
+                        _hypothesis(self.vocab, beam.ids, beam.logps, beam.attention, self.alpha, self.length_penalty)
+                    )
+                    if len(finished) >= self.k:
+                        break
+                elif len(out) < self.k:
+                    out.append((j, w, s, beam))
+                if len(out) == self.k:
+                    break
+        while len(out) < self.k:
+            out.append((0, self.vocab.end_id, float("-inf"), _Beam([], [], [])))
+        return out
 
 
 def _hypothesis(

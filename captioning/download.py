@@ -5,7 +5,6 @@ Run: python -m captioning download --dest data/coco --split val2017 --limit 500
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -234,18 +233,7 @@ def download_coco(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     client = _Client(base_url.rstrip("/"), dest, retries, timeout, backoff)
-
-    # Rewritten from the kept zip on every run, so a new limit takes effect.
-    raw = _read_captions(client, dest, split, progress)
-    captions = json.loads(raw)
-    images = sorted(captions["images"], key=lambda image: image["id"])
-    if limit is not None and limit < len(images):
-        subset = _subset(captions, images[:limit], len(images))
-        images = subset["images"]
-        raw = json.dumps(subset, separators=(",", ":")).encode()
-    annotations = dest / "annotations" / f"captions_{split}.json"
-    _write_atomic(annotations, raw)
-
+    annotations, images = _write_captions(client, dest, split, limit, progress)
     images_dir = dest / split
     images_dir.mkdir(parents=True, exist_ok=True)
     todo: dict[str, Path] = {}
@@ -255,16 +243,34 @@ def download_coco(
         if not target.exists():  # final names appear only once complete
             todo[_image_url(image, split, client.base_url)] = target
     skipped = len(images) - len(todo)
+    downloaded, failed = _fetch_images(client, todo, len(images), skipped, split, progress)
+    return DownloadSummary(split, annotations, images_dir, downloaded, skipped, sorted(failed))
 
+
+def _write_captions(client: _Client, dest: Path, split: str, limit: int | None, progress: bool) -> tuple[Path, list]:
+    """Write annotations/captions_<split>.json (cut to the first `limit` images by id); (its path, its images).
+
+    Rewritten from the kept zip on every run, so a new limit takes effect.
+    """
+    raw = _read_captions(client, dest, split, progress)
+    captions = json.loads(raw)
+    images = sorted(captions["images"], key=lambda image: image["id"])
+    if limit is not None and limit < len(images):
+        subset = _subset(captions, images[:limit], len(images))
+        images = subset["images"]
+        raw = json.dumps(subset, separators=(",", ":")).encode()
+    annotations = dest / "annotations" / f"captions_{split}.json"
+    _write_atomic(annotations, raw)
+    return annotations, images
+
+
+def _fetch_images(
+    client: _Client, todo: dict[str, Path], total: int, skipped: int, split: str, progress: bool
+) -> tuple[int, list[str]]:
+    """Fetch url -> file in parallel; (how many arrived, names of those that failed)."""
     downloaded, failed = 0, []
     with (
-        tqdm(
-            total=len(images),
-            initial=skipped,
-            unit="img",
-            desc=split,
-            disable=not progress,
-        ) as bar,
+        tqdm(total=total, initial=skipped, unit="img", desc=split, disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=_WORKERS) as pool,
     ):
         futures = {pool.submit(client.fetch, url, t): t.name for url, t in todo.items()}
@@ -280,38 +286,4 @@ def download_coco(
             # Offline or Ctrl-C: don't start thousands of fetches that will fail too.
             pool.shutdown(cancel_futures=True)
             raise
-    return DownloadSummary(split, annotations, images_dir, downloaded, skipped, sorted(failed))
-
-
-def add_download_parser(
-    subparsers: argparse._SubParsersAction,
-) -> argparse.ArgumentParser:
-    """Register the `download` subcommand on an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "download",
-        help="fetch COCO 2017 captions and images",
-        description="Download MS COCO 2017 captions and images (needs internet).",
-    )
-    parser.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder")
-    parser.add_argument("--split", choices=SPLITS, default="val2017")
-    parser.add_argument("--limit", type=int, help="only the first N images by id")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="COCO host or mirror")
-    parser.add_argument("--retries", type=int, default=3, help="extra tries per file")
-    parser.set_defaults(func=run_download)
-    return parser
-
-
-def run_download(args: argparse.Namespace) -> int:
-    """Run `download` from parsed args; returns 1 if some images failed."""
-    summary = download_coco(args.dest, args.split, args.limit, args.base_url, args.retries)
-    print(
-        f"{summary.split} images: {summary.downloaded} downloaded, {summary.skipped} already "
-        f"there, {len(summary.failed)} failed; in {summary.images_dir}, "
-        f"captions in {summary.annotations}"
-    )
-    if not summary.failed:
-        return 0
-    shown = ", ".join(summary.failed[:5])
-    more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
-    print(f"failed: {shown}{more} (run again to retry them)")
-    return 1
+    return downloaded, failed

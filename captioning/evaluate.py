@@ -1,32 +1,12 @@
-"""Caption a COCO split and score it with the COCO caption metrics."""
+"""Caption a COCO split and score it with the COCO caption metrics, as a whole or per image."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import torch
-
 from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
-from captioning.decoding import beam_search, greedy
 from captioning.inference import Captioner
 from captioning.metrics import score_captions
-from captioning.vocab import Vocabulary
-
-
-def decode_features(
-    decoder: torch.nn.Module,
-    feats: torch.Tensor,
-    vocab: Vocabulary,
-    method: str = "beam",
-    beam_size: int = 3,
-    max_len: int = 20,
-    block_repeats: bool = True,
-) -> list[str]:
-    """Best caption text for each row of `feats` (pooled or grid features)."""
-    if method == "greedy":
-        return [h.text for h in greedy(decoder, feats, vocab, max_len, block_repeats=block_repeats)]
-    beams = beam_search(decoder, feats, vocab, beam_size, max_len, block_repeats=block_repeats)
-    return [hyps[0].text for hyps in beams]
 
 
 def caption_split(
@@ -81,3 +61,18 @@ def evaluate(
     )
     scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
     return {**scores.corpus, "images": len(preds)}, preds, scores.notes
+
+
+def score_images(
+    captioner: Captioner,
+    split: CocoSplit,
+    ids: list[int],
+    on_batch: Callable[[int, int], None] | None = None,
+    **decoding,
+) -> dict[int, dict]:
+    """image id -> {"caption", "BLEU-4", "CIDEr"}; CIDEr's idf comes from the whole split."""
+    preds = caption_split(captioner, split, ids, on_batch=on_batch, **decoding)
+    if not preds:
+        return {}
+    scores = score_captions(preds, split.captions, meteor=False, idf_references=split.captions)
+    return {i: {"caption": preds[i], **{m: scores.per_image[i][m] for m in ("BLEU-4", "CIDEr")}} for i in preds}

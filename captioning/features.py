@@ -20,11 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from captioning.backbones import build_backbone, get_spec
+from captioning.config import DEFAULT_CACHE_DIR
 from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
 from captioning.io import atomic_write, atomic_write_text
 from captioning.model import grid_to_features
-
-DEFAULT_CACHE_DIR = Path("cache/features")
 
 
 def cache_key(backbone: str, kind: str, views: int) -> str:
@@ -87,7 +86,7 @@ def build_cache(
     kind: str,
     *,
     views: int = 1,
-    cache_dir: Path = DEFAULT_CACHE_DIR,
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
     num_workers: int = 2,

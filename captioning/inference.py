@@ -1,4 +1,4 @@
-"""`Captioner`: load a checkpoint once, caption PIL images with greedy or beam search."""
+"""`Captioner`: load a checkpoint once, caption PIL images (or uploaded files) with greedy or beam search."""
 
 from __future__ import annotations
 
@@ -9,22 +9,13 @@ import torch
 from PIL import Image
 
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
-from captioning.data import to_rgb
-from captioning.decoding import Hypothesis, beam_search, greedy
+from captioning.data import ImageLoadError, load_image, to_rgb
+from captioning.decoding import Hypothesis, check_decoding, decode
+from captioning.device import resolve_device
 from captioning.model import CaptionModel, feature_kind
 from captioning.vocab import Vocabulary
 
-METHODS = ("greedy", "beam")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.pt"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """ "auto" -> cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -77,21 +68,13 @@ class Captioner:
     ) -> list[Caption]:
         """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
 
-        `block_repeats` forbids echoes: the same three words twice ("a cell phone on a cell phone") or a
-        phrase's head again ("a cat on a table with a table"); see `decoding._block_repeats`.
+        `block_repeats` forbids echoes (see `decoding.decode`).
         """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")
-        if max_len < 1:
-            raise ValueError(f"max_len must be at least 1 (got {max_len})")
+        check_decoding(method, beam_size, max_len)
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             feats = self.features(images[start : start + batch_size])
-            decoder = self.model.decoder
-            if method == "greedy":
-                groups = [[h] for h in greedy(decoder, feats, self.vocab, max_len, block_repeats=block_repeats)]
-            else:
-                groups = beam_search(decoder, feats, self.vocab, beam_size, max_len, block_repeats=block_repeats)
+            groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats)
             grid = self._grid_size(feats)
             out += [self._to_caption(hyps, grid) for hyps in groups]
         return out
@@ -111,3 +94,28 @@ class Captioner:
         if best.attention is not None and grid is not None:
             attention = [a.reshape(grid) for a in best.attention[:n]]
         return Caption(best.text, words, best.word_probs[:n], best.logprob, best.score, hyps, attention, grid)
+
+
+@dataclass
+class UploadResult:
+    """One uploaded file: its image and caption, or why it could not be captioned."""
+
+    name: str
+    image: Image.Image | None = None
+    caption: Caption | None = None
+    error: str | None = None
+
+
+def caption_files(captioner: Captioner, files: list[tuple[str, bytes]], **decoding) -> list[UploadResult]:
+    """Caption every readable file in one batch; an unreadable one gets its own error message."""
+    results = []
+    for name, data in files:
+        try:
+            results.append(UploadResult(name, image=load_image(data)))
+        except ImageLoadError as exc:
+            results.append(UploadResult(name, error=str(exc).replace("the uploaded file", name, 1)))
+    good = [r for r in results if r.image is not None]
+    if good:
+        for result, caption in zip(good, captioner.caption([r.image for r in good], **decoding), strict=True):
+            result.caption = caption
+    return results

@@ -1,6 +1,7 @@
-"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) through pycocoevalcap.
+"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) through pycocoevalcap, the official way.
 
 Use: score_captions({42: "a dog on a beach"}, {42: ["A dog runs on sand.", ...]}).corpus
+Training's CIDEr-D reward is `cider.CiderD`, which its docstring says why exists beside this one.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
+from captioning.cider import CIDER_N, CIDER_SIGMA  # pycocoevalcap's Cider defaults too
+
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 _BLEU_NAMES = METRIC_NAMES[:4]
-_CIDER_N = 4  # pycocoevalcap's Cider defaults: 1..4-grams, length penalty sigma 6
-_CIDER_SIGMA = 6.0
 
 
 @dataclass
@@ -137,7 +138,7 @@ class _IdfCiderScorer(CiderScorer):
     """CIDEr-D with idf from a given reference set, not the scored one."""
 
     def __init__(self, document_frequency: _Frequencies, documents: int) -> None:
-        super().__init__(n=_CIDER_N, sigma=_CIDER_SIGMA)
+        super().__init__(n=CIDER_N, sigma=CIDER_SIGMA)
         self.document_frequency = document_frequency
         self._documents = documents
 
@@ -162,7 +163,7 @@ class _IdfCiderScorer(CiderScorer):
 def _add_documents(frequencies: _Frequencies, documents: list[list[str]]) -> None:
     """Count each n-gram once per document (one image's tokenized references)."""
     for refs in documents:
-        for ngram in {g for ref in refs for g in precook(ref, _CIDER_N)}:
+        for ngram in {g for ref in refs for g in precook(ref, CIDER_N)}:
             frequencies[ngram] = frequencies.get(ngram, 0.0) + 1.0
 
 
@@ -183,7 +184,7 @@ def _cider(
 ) -> tuple[float, np.ndarray]:
     """CIDEr-D over gts/res, with idf from idf_references when given."""
     if idf_references is None:
-        return Cider(n=_CIDER_N, sigma=_CIDER_SIGMA).compute_score(gts, res)
+        return Cider(n=CIDER_N, sigma=CIDER_SIGMA).compute_score(gts, res)
     frequencies, documents = _idf_table(tuple((i, tuple(c)) for i, c in idf_references.items()), java)
     extra = [gts[i] for i in gts if i not in idf_references]
     if extra:  # scored images outside the idf set still count as documents of it

@@ -9,7 +9,7 @@ import torch
 from captioning import distributed as dist
 from captioning.data import CocoSplit, ImageLoadError, collate_captions, load_image
 from captioning.datasets import encode_captions
-from captioning.evaluate import decode_features
+from captioning.decoding import decode
 from captioning.features import FeatureStore
 from captioning.metrics import score_captions
 from captioning.model import CaptionModel, caption_loss
@@ -62,8 +62,8 @@ def validate(
         logits, alphas = model.decoder(feats[order], caps.to(device), lengths)
         tokens = int((caps[:, 1:] != 0).sum())
         loss_sum += torch.tensor([float(caption_loss(logits, caps.to(device))) * tokens, tokens])
-        texts = decode_features(model.decoder, feats, vocab, method, beam_size)
-        preds.update(zip(kept, texts))
+        best = [hyps[0].text for hyps in decode(model.decoder, feats, vocab, method, beam_size)]
+        preds.update(zip(kept, best))
     loss_sum = dist.sum_tensor(loss_sum.to(ctx.device), ctx).cpu()
     preds = dist.gather_dict(preds, ctx)
     val_loss = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))

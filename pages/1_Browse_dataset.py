@@ -4,19 +4,21 @@ import math
 
 import streamlit as st
 
-import app_ui
-from captioning.app_support import order_ids, score_images, search_ids, tile_text
+from app import ui
+from app.render import order_ids, tile_text
+from captioning.data import search_captions
+from captioning.evaluate import score_images
 
 PER_PAGE = 12
 ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first": "BLEU-4"}
 
 st.set_page_config(page_title="Browse dataset", page_icon=":frame_with_picture:", layout="wide")
 st.title("Browse the dataset")
-root, split_name = app_ui.coco_picker()
-split = app_ui.split_or_stop(root, split_name)
-entry = app_ui.model_picker(required=False)
-decoding = app_ui.decoding_controls() if entry else {}
-model = app_ui.captioner(entry.path) if entry else None
+root, split_name = ui.coco_picker()
+split = ui.split_or_stop(root, split_name)
+entry = ui.model_picker(required=False)
+decoding = ui.decoding_controls() if entry else {}
+model = ui.captioner(entry.path) if entry else None
 setting = (root, split_name, str(entry.path) if entry else "", tuple(sorted(decoding.items())))
 scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # image id -> caption, BLEU-4, CIDEr
 
@@ -61,7 +63,7 @@ if "image" in st.query_params:
 search, sort, paging = st.columns([3, 2, 1])
 query = search.text_input("Search reference captions", placeholder="e.g. dog frisbee")
 key = ORDERS[sort.selectbox("Order", list(ORDERS), help="score images first to sort by score")]
-ids = order_ids(search_ids(split, query), scores, key)
+ids = order_ids(search_captions(split, query), scores, key)
 pages = max(1, math.ceil(len(ids) / PER_PAGE))
 page = paging.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{query}-{key}")
 shown = ids[(page - 1) * PER_PAGE : page * PER_PAGE]

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from captioning import catalog
-from captioning.app_support import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
-from captioning.runlog import parse_seed_log, read_metrics
+from app import catalog
+from app.charts import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
+from captioning.rundir import parse_seed_log, read_metrics
 
 SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
 

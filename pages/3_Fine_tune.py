@@ -4,11 +4,10 @@ from pathlib import Path
 
 import streamlit as st
 
-import app_ui
-from captioning import catalog
-from captioning.app_support import line_chart, rewards_frame, steps_frame
+from app import catalog, ui
+from app.charts import line_chart, rewards_frame, steps_frame
+from app.jobs import MAX_STEPS, JobError, default_name
 from captioning.data import available_splits
-from captioning.jobs import MAX_STEPS, JobError, default_name
 
 st.set_page_config(page_title="Fine-tune", page_icon=":hammer_and_wrench:", layout="wide")
 st.title("Fine-tune a model")
@@ -16,7 +15,7 @@ st.caption(
     "Continue training a model on a COCO split in the background, one run at a time. Progress shows here "
     "live, also after a reload or in another tab; a finished run joins Home's checkpoint selector."
 )
-manager = app_ui.job_manager(str(catalog.runs_dir()))
+manager = ui.job_manager(str(catalog.runs_dir()))
 
 
 @st.fragment(run_every=2)
@@ -63,7 +62,7 @@ checkpoints = catalog.list_checkpoints()
 if not checkpoints:
     st.info("Fine-tuning starts from a model, and there is none yet. " + catalog.GET_A_MODEL)
     st.stop()
-root, split = app_ui.coco_picker(prefer="train", label="Training split")
+root, split = ui.coco_picker(prefer="train", label="Training split")
 st.session_state.setdefault("run_name", default_name())
 with st.form("launch"):
     bases = {c.label: c.path for c in checkpoints}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fixtures import make_coco
 
+from captioning.config import TrainConfig
 from captioning.train import fit
-from captioning.trainconfig import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COCO = REPO.parent / "shared" / "data" / "coco"  # the real COCO sample, where this machine has it
@@ -31,7 +31,7 @@ def tiny_cache_dir(tmp_path_factory) -> Path:
 
 
 def _train(coco: Path, out: Path, cache: Path, **kw) -> Path:
-    fit(TrainConfig(coco_root=str(coco), out=str(out), batch_size=16, vocab_threshold=1, cache_dir=str(cache),
+    fit(TrainConfig.of(coco_root=str(coco), out=str(out), batch_size=16, vocab_threshold=1, cache_dir=str(cache),
                     num_workers=0, log_every=1, seed=0, **kw))  # fmt: skip
     return out
 

@@ -16,12 +16,14 @@ from app_fixtures import chart_data, chart_specs, image_bytes, of_type, open_pag
 from conftest import SHARED_COCO, needs_shared_coco
 from PIL import Image
 
-from captioning import catalog
+from app import catalog
+from app.jobs import JobManager
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
+from captioning.cli import build_parser
+from captioning.config import config_from_args
 from captioning.data import CocoSplit, load_image
 from captioning.inference import Captioner
-from captioning.jobs import JobManager
-from captioning.runlog import read_metrics
+from captioning.rundir import read_metrics
 
 SEED_LOG = "\n".join(
     f"Epoch [{e}/2], Step [{s}/300], Loss: {4.0 - e * 0.5 - s / 300:.4f}, Perplexity: 20.0"
@@ -338,8 +340,8 @@ def test_finetune_self_critical_runs_from_the_page(tiny_checkpoint, tiny_coco, t
     at = _launch(open_page("finetune"), "tiny-scst", steps=3, objective="self-critical (CIDEr)")
     assert not at.exception and not at.error
     job = watcher.current()
-    assert job.command[job.command.index("--epochs") + 1] == "0" and "--scst-epochs" in job.command
-    assert job.command[job.command.index("--scst-batch-size") + 1] == "16"
+    cfg = config_from_args(build_parser().parse_args(job.command[3:]))  # [python, -m, captioning, train, ...]
+    assert cfg.epochs == 0 and cfg.scst_epochs > 0 and cfg.scst_batch_size == 16
     status = _wait(watcher, lambda s: not s.running)
     assert status.state == "finished", status.log_tail
     steps = [r for r in read_metrics(runs / "tiny-scst" / "metrics.jsonl") if r["kind"] == "step"]

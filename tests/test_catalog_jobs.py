@@ -1,4 +1,4 @@
-"""captioning.catalog (which models and logs the app offers) and captioning.jobs (one background fine-tune).
+"""app.catalog (which models and logs the app offers) and app.jobs (one background fine-tune).
 
 The job tests run a stand-in trainer (a short script that writes metrics.jsonl like the real one) so they
 take a second; tests/test_app.py runs the real `python -m captioning train` through the Fine-tune page.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from captioning import catalog
-from captioning.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
+from app import catalog
+from app.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
 
 FAKE_TRAINER = f"""#!{sys.executable}
 # Stand-in for `python -m captioning train`: logs like it, sleeps, saves last.pt on SIGTERM.

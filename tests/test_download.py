@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -16,12 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captioning.download import (
-    ANNOTATIONS_ZIP,
-    DownloadError,
-    add_download_parser,
-    download_coco,
-)
+from captioning.cli import build_parser
+from captioning.download import ANNOTATIONS_ZIP, DownloadError, download_coco
 
 IMAGE_IDS = [42, 7, 19, 3, 88]  # unsorted on purpose: limit takes the lowest ids
 ZIP_PATH = "/" + ANNOTATIONS_ZIP
@@ -327,8 +322,7 @@ def test_bad_split_names_the_allowed_ones(tmp_path: Path):
 
 def test_cli_reports_failures(mirror: Mirror, tmp_path: Path, capsys):
     (mirror.root / "val2017" / _file_name(88)).unlink()
-    parser = argparse.ArgumentParser()
-    add_download_parser(parser.add_subparsers())
+    parser = build_parser()
     dest = tmp_path / "coco"
     args = parser.parse_args(["download", "--dest", str(dest), "--base-url", mirror.url])
     assert args.split == "val2017" and args.limit is None

@@ -9,13 +9,13 @@ import torch
 from pycocoevalcap.cider.cider import Cider
 
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
-from captioning.config import ModelConfig
+from captioning.cider import END, CiderD, words_for_reward
+from captioning.config import ModelConfig, TrainConfig
 from captioning.decoding import sample
 from captioning.model import CaptionModel
-from captioning.runlog import read_metrics
-from captioning.scst import END, CiderD, scst_loss, words_for_reward
+from captioning.rundir import read_metrics
+from captioning.scst import scst_loss
 from captioning.train import Callbacks, fit
-from captioning.trainconfig import TrainConfig
 from captioning.vocab import Vocabulary, tokenize
 
 REFS = {
@@ -107,19 +107,19 @@ def test_policy_gradient_step_makes_better_captions_likelier():
 def test_scst_needs_two_samples_and_cached_features():
     base = dict(coco_root=".", out="runs/x")
     with pytest.raises(ValueError, match="scst_samples"):
-        TrainConfig(**base, scst_epochs=1, scst_samples=1)
+        TrainConfig.of(**base, scst_epochs=1, scst_samples=1)
     with pytest.raises(ValueError, match="end_to_end"):
-        TrainConfig(**base, scst_epochs=1, end_to_end=True)
+        TrainConfig.of(**base, scst_epochs=1, end_to_end=True)
     with pytest.raises(ValueError, match="add up to at least 1"):
-        TrainConfig(**base, epochs=0)
-    assert TrainConfig(**base, epochs=0, scst_epochs=2).scst_epochs == 2  # SCST-only fine-tuning
+        TrainConfig.of(**base, epochs=0)
+    assert TrainConfig.of(**base, epochs=0, scst_epochs=2).scst_epochs == 2  # SCST-only fine-tuning
 
 
 def _cfg(coco, tmp_path, **kw) -> TrainConfig:
     base = dict(coco_root=str(coco), out=str(tmp_path / "run"), batch_size=16, vocab_threshold=1, decoder="attention",
                 attention_size=32, embed_size=32, hidden_size=64, cache_dir=str(tmp_path / "cache"), num_workers=0,
                 log_every=1, seed=0, flip=True, epochs=1, scst_epochs=2, scst_batch_size=6, scst_lr=1e-3)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.of(**{**base, **kw})
 
 
 def test_fit_runs_self_critical_epochs_after_cross_entropy_and_resumes_exactly(tiny_coco, tmp_path):

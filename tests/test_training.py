@@ -17,12 +17,12 @@ from conftest import REPO, SHARED_COCO, needs_shared_coco
 from captioning import backbones, features
 from captioning.backbones import build_backbone
 from captioning.checkpoint import load_checkpoint
+from captioning.config import TrainConfig
 from captioning.data import CocoSplit, SkippedImagesWarning, load_image
 from captioning.features import build_cache
 from captioning.inference import Captioner
-from captioning.runlog import read_metrics
+from captioning.rundir import read_metrics
 from captioning.train import Callbacks, fit
-from captioning.trainconfig import TrainConfig
 
 
 def _cfg(coco, tmp_path, **kw) -> TrainConfig:
@@ -37,7 +37,7 @@ def _cfg(coco, tmp_path, **kw) -> TrainConfig:
         log_every=1,
         seed=0,
     )
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.of(**{**base, **kw})
 
 
 class CountingCNN(torch.nn.Module):
@@ -233,7 +233,7 @@ def test_short_real_run_on_the_coco_sample(tmp_path):
     val_ids = CocoSplit.load(SHARED_COCO, "val").ids[:100]
     (tmp_path / "train.txt").write_text("\n".join(map(str, train_ids)))
     (tmp_path / "val.txt").write_text("\n".join(map(str, val_ids)))
-    cfg = TrainConfig(coco_root=str(SHARED_COCO), out=str(tmp_path / "run"), train_ids=str(tmp_path / "train.txt"),
+    cfg = TrainConfig.of(coco_root=str(SHARED_COCO), out=str(tmp_path / "run"), train_ids=str(tmp_path / "train.txt"),
                       val_ids=str(tmp_path / "val.txt"), epochs=3, batch_size=20, vocab_threshold=3,
                       cache_dir=str(tmp_path / "cache"), log_every=10, seed=0)  # fmt: skip
     epochs = []

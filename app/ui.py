@@ -8,11 +8,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from captioning import catalog
+from app import catalog
+from app.jobs import JobManager
 from captioning.checkpoint import CheckpointError
 from captioning.data import DOWNLOAD_HINT, CocoSplit, DatasetError, available_splits
-from captioning.inference import METHODS, Captioner
-from captioning.jobs import JobManager
+from captioning.decoding import METHODS
+from captioning.inference import Captioner, caption_files
 
 COCO_HINT = DOWNLOAD_HINT.format(root="data/coco") + " --limit 500"
 
@@ -107,8 +108,6 @@ def split_or_stop(root: str, split: str) -> CocoSplit:
 
 def caption_uploads(model: Captioner, path: Path, uploads: list[tuple[str, bytes]], decoding: dict) -> list:
     """caption_files, remembered per session so moving a slider does not caption everything again."""
-    from captioning.app_support import caption_files
-
     memo = st.session_state.setdefault("caption_memo", {})
     setting = (str(path), tuple(sorted(decoding.items())))
     keys = [(setting, name, hashlib.sha1(data).hexdigest()) for name, data in uploads]

@@ -18,16 +18,18 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from captioning import rundir
 from captioning.checkpoint import load_checkpoint
+from captioning.config import TrainConfig
 from captioning.data import available_splits, read_ids_file
 from captioning.io import atomic_write_text
-from captioning.runlog import read_metrics
 
 JOB_FILE = ".active_job.json"
 MAX_STEPS = 2000  # the app runs short fine-tunes; longer runs belong on the command line
 MAX_NAME = 64
 LOG_EVERY = 5  # steps between loss records: a short run still draws a curve
-TERMINAL = ("finished", "stopped", "early_stopped", "cancelled", "failed")
+CANCELLED, FAILED = "cancelled", "failed"  # a job that ended before its run logged an ending
+ENDED = (*rundir.ENDINGS, CANCELLED, FAILED)
 
 
 class JobError(ValueError):
@@ -53,7 +55,7 @@ class JobStatus:
     """A job's state and the run's records so far."""
 
     job: Job
-    state: str  # "starting", "running", "stopping", or one of TERMINAL ("cancelled": ended before saving)
+    state: str  # "starting", "running", "stopping", or one of ENDED ("cancelled": ended before saving)
     step: int = 0
     total_steps: int | None = None
     steps: list[dict] = field(default_factory=list)  # step records: loss per step
@@ -62,7 +64,7 @@ class JobStatus:
 
     @property
     def running(self) -> bool:
-        return self.state not in TERMINAL
+        return self.state not in ENDED
 
     @property
     def fraction(self) -> float:
@@ -87,18 +89,18 @@ class JobStatus:
         """(level, message) for an ended job: "success", "warning" or "error" and a sentence for the user."""
         job, best = self.job, max((e["CIDEr"] for e in self.epochs if "CIDEr" in e), default=None)
         done = f"at step {self.step}" + (f", best val CIDEr {best:.3f}" if best is not None else "")
-        if self.state in ("finished", "early_stopped"):
+        if self.state in (rundir.FINISHED, rundir.EARLY_STOPPED):
             return (
                 "success",
                 f"Run **{job.name}** finished {done}. It is now in Home's checkpoint selector and on Training logs.",
             )
-        if self.state == "stopped":
+        if self.state == rundir.STOPPED:
             root = job.command[job.command.index("--coco-root") + 1]
             return "warning", (
-                f"Run **{job.name}** was cancelled {done}; `{job.out}/last.pt` was saved. Resume it with "
-                f"`python -m captioning train --coco-root {root} --out {job.out} --resume`."
+                f"Run **{job.name}** was cancelled {done}; `{job.out}/{rundir.LAST}` was saved. Resume it with "
+                f"`{rundir.resume_command(root, job.out)}`."
             )
-        if self.state == "cancelled":
+        if self.state == CANCELLED:
             return "warning", f"Run **{job.name}** was cancelled before its first step; nothing was saved."
         return "error", f"Run **{job.name}** ended with an error at step {self.step}; its log ends with:"
 
@@ -162,9 +164,10 @@ class JobManager:
             if active is not None and self._alive(active):
                 raise JobError(f"run {active.name!r} is still training; one run at a time (cancel it first)")
             out = self._new_run_dir(name)
-            cmd = self._command(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst)
+            cfg = self._config(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst)
+            cmd = [self.python, "-m", "captioning", "train", *cfg.to_argv()]
             out.mkdir(parents=True)
-            with open(out / "train.log", "wb") as log:
+            with open(rundir.RunDir(out).train_log, "wb") as log:
                 child = subprocess.Popen(
                     [*cmd, *extra_args],
                     stdout=log,
@@ -183,22 +186,22 @@ class JobManager:
         job = job or self.current()
         if job is None:
             return None
-        records = read_metrics(job.out_dir / "metrics.jsonl")
-        steps = [r for r in records if r.get("kind") == "step"]
-        events = [r.get("event") for r in records if r.get("kind") == "event"]
+        records = rundir.read_metrics(rundir.RunDir(job.out).metrics)
+        steps = [r for r in records if r.get("kind") == rundir.STEP]
+        events = [r.get("event") for r in records if r.get("kind") == rundir.EVENT]
         total = next((r.get("total_steps") for r in reversed(records) if r.get("total_steps")), None)
-        ended = next((e for e in reversed(events) if e in TERMINAL), None)
+        ended = next((e for e in reversed(events) if e in rundir.ENDINGS), None)
         if self._alive(job):
             state = "stopping" if job.cancel_requested else ("running" if steps else "starting")
         else:
-            state = ended or ("cancelled" if job.cancel_requested else "failed")
+            state = ended or (CANCELLED if job.cancel_requested else FAILED)
         return JobStatus(
             job,
             state,
             steps[-1]["step"] if steps else 0,
             total,
             steps,
-            [r for r in records if r.get("kind") == "epoch"],
+            [r for r in records if r.get("kind") == rundir.EPOCH],
             self.log_tail(job),
         )
 
@@ -222,7 +225,7 @@ class JobManager:
     def log_tail(self, job: Job, lines: int = 25) -> str:
         """The last lines of the run's train.log, progress-bar redraws collapsed."""
         try:
-            text = (job.out_dir / "train.log").read_text(encoding="utf-8", errors="replace")
+            text = rundir.RunDir(job.out).train_log.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
         shown = [next((s for s in reversed(line.split("\r")) if s.strip()), "") for line in text.split("\n")]
@@ -238,9 +241,10 @@ class JobManager:
             raise JobError(f"a run named {name!r} already exists in {runs}; choose another name")
         return out
 
-    def _command(
+    def _config(
         self, out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst=False
-    ) -> list[str]:
+    ) -> TrainConfig:
+        """The run's TrainConfig, which checks the values; JobError for what only the app limits."""
         base, coco_root = Path(base), Path(coco_root)
         load_checkpoint(base)  # CheckpointError (a ValueError) now rather than in the log later
         splits = available_splits(coco_root) if coco_root.is_dir() else []
@@ -252,33 +256,23 @@ class JobManager:
             raise JobError("give either steps or epochs")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
             raise JobError(f"steps must be between 1 and {MAX_STEPS} (longer runs: python -m captioning train)")
-        if epochs is not None and epochs < 1:
-            raise JobError(f"epochs must be at least 1 (got {epochs})")
-        if lr <= 0 or batch_size < 1:
-            raise JobError("the learning rate must be positive and the batch size at least 1")
-        flags = {
-            "--coco-root": coco_root,
-            "--train-split": split,
-            "--out": out,
-            "--init-from": base.resolve(),
-            "--lr": lr,
-            "--batch-size": batch_size,
-            "--epochs": epochs or 10**6,
-            "--max-steps": steps or MAX_STEPS,
-            "--log-every": LOG_EVERY,
-        }
-        if scst:
-            flags.update(
-                {"--epochs": 0, "--scst-epochs": epochs or 10**6, "--scst-lr": lr, "--scst-batch-size": batch_size}
-            )
-        cmd = [self.python, "-m", "captioning", "train", *(str(x) for pair in flags.items() for x in pair)]
-        cmd += ["--val-split", val_split] if val_split else ["--no-val"]
         if ids_file is not None:
             read_ids_file(Path(ids_file))  # DatasetError now for a bad file
-            cmd += ["--train-ids", str(Path(ids_file).resolve())]
-        if self.cache_dir is not None:
-            cmd += ["--cache-dir", str(self.cache_dir)]
-        return cmd
+        values = {"epochs": epochs or 10**6, "lr": lr, "batch_size": batch_size}
+        if scst:
+            values.update({"epochs": 0, "scst_epochs": epochs or 10**6, "scst_lr": lr, "scst_batch_size": batch_size})
+        return TrainConfig(
+            coco_root=str(coco_root),
+            out=str(out),
+            train_split=split,
+            val_split=val_split,
+            train_ids=str(Path(ids_file).resolve()) if ids_file is not None else None,
+            init_from=str(base.resolve()),
+            max_steps=steps or MAX_STEPS,
+            log_every=LOG_EVERY,
+            **({"cache_dir": str(self.cache_dir)} if self.cache_dir is not None else {}),
+            **values,
+        )
 
     def _save(self, job: Job) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)

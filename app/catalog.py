@@ -11,12 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioning import rundir
 from captioning.checkpoint import CheckpointError, load_checkpoint
 from captioning.inference import DEFAULT_CHECKPOINT
-from captioning.runlog import read_metrics
 
 PROJECT_ROOT = DEFAULT_CHECKPOINT.parent.parent
-TERMINAL_EVENTS = ("finished", "stopped", "early_stopped")
 GET_A_MODEL = (
     "Train one with `python -m captioning train --coco-root data/coco --out runs/first` "
     "(get data first with `python -m captioning download --dest data/coco --split val2017 --limit 500`), "
@@ -87,14 +86,6 @@ def _read_val_score(path: str, mtime_ns: int) -> tuple[float | None, str | None]
     return (float(value) if isinstance(value, (int, float)) else None), (method if isinstance(method, str) else None)
 
 
-def run_status(metrics: Path) -> str:
-    """How a run's log ends: a terminal event's name, "running" when none yet, "unknown" without a log."""
-    events = [r.get("event") for r in read_metrics(metrics) if r.get("kind") == "event"]
-    if not events:
-        return "unknown"
-    return events[-1] if events[-1] in TERMINAL_EVENTS else "running"
-
-
 def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
     """The shipped default (when present) and every run with a `best.pt`, newest run first."""
     entries = []
@@ -102,13 +93,12 @@ def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
     if default.is_file():
         cider, method = _val_score(default)
         entries.append(ModelEntry(_label("Shipped model", cider, method), default, None, cider))
-    for run in run_dirs(runs):
-        best = run / "best.pt"
-        if best.is_file():
-            cider, method = _val_score(best)
-            status = run_status(run / "metrics.jsonl")
-            label = _label(run.name, cider, method) + ("" if status in ("finished", "unknown") else f" [{status}]")
-            entries.append(ModelEntry(label, best, run.name, cider))
+    for run in map(rundir.RunDir, run_dirs(runs)):
+        if run.best.is_file():
+            cider, method = _val_score(run.best)
+            status = run.status()
+            label = _label(run.name, cider, method) + ("" if status in (rundir.FINISHED, "unknown") else f" [{status}]")
+            entries.append(ModelEntry(label, run.best, run.name, cider))
     return entries
 
 
@@ -117,10 +107,10 @@ def list_runs(runs: Path | None = None) -> list[RunEntry]:
     entries = []
     log = default_log()
     if log.is_file():
-        entries.append(RunEntry("shipped model", log, run_status(log)))
-    for run in run_dirs(runs):
-        if (run / "metrics.jsonl").is_file():
-            entries.append(RunEntry(run.name, run / "metrics.jsonl", run_status(run / "metrics.jsonl")))
+        entries.append(RunEntry("shipped model", log, rundir.run_status(log)))
+    for run in map(rundir.RunDir, run_dirs(runs)):
+        if run.metrics.is_file():
+            entries.append(RunEntry(run.name, run.metrics, run.status()))
     return entries
 
 

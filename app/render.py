@@ -1,0 +1,100 @@
+"""How Home and Browse show a caption: word-confidence chips, word probabilities, attention heatmaps, tables
+and grid tiles. Presentation only; the captions come from `captioning`."""
+
+from __future__ import annotations
+
+import html
+
+import altair as alt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from captioning.inference import Caption, UploadResult
+
+# An "inferno"-like ramp: dark purple (little attention) -> yellow (most attention).
+_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+
+
+def captions_frame(results: list[UploadResult]) -> pd.DataFrame:
+    """file, caption: one row per uploaded file, the reason instead of a caption where it failed."""
+    captions = [r.caption.text if r.caption else f"(not captioned: {r.error})" for r in results]
+    return pd.DataFrame({"file": [r.name for r in results], "caption": captions})
+
+
+def captions_csv(results: list[UploadResult]) -> bytes:
+    """captions_frame as UTF-8 CSV, for download."""
+    return captions_frame(results).to_csv(index=False).encode("utf-8")
+
+
+def alternatives_frame(caption: Caption) -> pd.DataFrame:
+    """Beam search's captions, best first, with their length-normalised log-probability scores."""
+    rows = [
+        {"caption": h.text, "score (mean log-probability per word)": round(h.score, 3)} for h in caption.alternatives
+    ]
+    return pd.DataFrame(rows)
+
+
+def word_confidence_html(words: list[str], probs: list[float]) -> str:
+    """Each word on a chip shaded by its probability (darker = more confident), the % beneath."""
+    chips = []
+    for word, p in zip(words, probs, strict=True):
+        text_colour = "#ffffff" if p > 0.55 else "#1f2937"
+        chips.append(
+            f'<span title="p = {p:.3f}" style="display:inline-block;text-align:center;margin:2px;'
+            f"padding:3px 8px;border-radius:8px;background:rgba(37,99,235,{0.08 + 0.87 * p:.2f});"
+            f'color:{text_colour};font-size:1.05rem">{html.escape(word)}'
+            f'<br><span style="font-size:0.7rem">{100 * p:.0f}%</span></span>'
+        )
+    return '<div style="line-height:1.2">' + "".join(chips) + "</div>"
+
+
+def word_probability_chart(words: list[str], probs: list[float]) -> alt.Chart:
+    """A bar per generated word, in caption order, of the probability the model gave it."""
+    df = pd.DataFrame({"position": range(1, len(words) + 1), "word": words, "probability": probs})
+    df["label"] = [f"{i}. {w}" for i, w in zip(df.position, df.word, strict=True)]
+    return (
+        alt.Chart(df, height=alt.Step(24))  # a fixed row height: every word keeps its label
+        .mark_bar(color="#2563eb")
+        .encode(
+            y=alt.Y("label:N", sort=list(df.label), title=None),
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            tooltip=["word", alt.Tooltip("probability:Q", format=".1%")],
+        )
+    )
+
+
+def center_square(image: Image.Image) -> Image.Image:
+    """The centre square the model sees (preprocessing resizes the short side, then centre-crops)."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def attention_overlay(image: Image.Image, attention, alpha: float = 0.6, size: int = 384) -> Image.Image:
+    """Blend an (h, w) attention map, upsampled smoothly, onto the image's centre square."""
+    base = center_square(image.convert("RGB")).resize((size, size), Image.Resampling.BICUBIC)
+    att = np.asarray(attention, dtype=np.float64)  # (h, w)
+    att = (att - att.min()) / max(att.max() - att.min(), 1e-12)
+    up = Image.fromarray((att * 255).astype(np.uint8), "L").resize((size, size), Image.Resampling.BICUBIC)
+    a = np.asarray(up, dtype=np.float64) / 255.0  # (S, S) in [0, 1]
+    colour = np.stack([np.interp(a, np.linspace(0, 1, len(_RAMP)), _RAMP[:, c]) for c in range(3)], -1)  # (S, S, 3)
+    weight = alpha * (0.3 + 0.7 * a)[..., None]  # keep low-attention areas visible, dimmed
+    blended = np.asarray(base, dtype=np.float64) * (1 - weight) + colour * weight
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def order_ids(ids: list[int], scores: dict[int, dict], key: str | None) -> list[int]:
+    """`ids` by image id, or by score `key` worst first with unscored images after."""
+    if key is None:
+        return sorted(ids)
+    scored = sorted((i for i in ids if i in scores), key=lambda i: (scores[i][key], i))
+    return scored + sorted(i for i in ids if i not in scores)
+
+
+def tile_text(image_id: int, references: list[str], score: dict | None) -> str:
+    """A grid tile's caption: the model's caption and scores once scored, else the first reference."""
+    if score is None:
+        return f"**#{image_id}** {references[0]}"
+    return f"**#{image_id}** _{score['caption']}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
