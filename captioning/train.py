@@ -116,6 +116,15 @@ def fit(
         dist.teardown(ctx)
 
 
+def resume_config(out: str | Path, **overrides) -> TrainConfig:
+    """The saved config of the run in `out`, with RESUME_OVERRIDES fields changed by `overrides`."""
+    unknown = set(overrides) - set(RESUME_OVERRIDES)
+    if unknown:
+        raise ValueError(f"a resumed run can change only {', '.join(RESUME_OVERRIDES)} (not {', '.join(unknown)})")
+    saved = TrainConfig.from_dict(_resume_checkpoint(rundir.RunDir(out))["train_state"]["config"])
+    return replace(saved, **overrides)
+
+
 def _resume_checkpoint(folder: rundir.RunDir) -> dict:
     if not folder.last.is_file():
         raise FileNotFoundError(f"nothing to resume: {folder.last} does not exist")

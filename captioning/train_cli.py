@@ -13,9 +13,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from captioning import distributed, rundir
-    from captioning.train import Callbacks, fit
+    from captioning.train import RESUME_OVERRIDES, Callbacks, fit, resume_config
 
     cfg = config_from_args(args)
+    if args.resume:  # the run's own settings, but for what was asked for again
+        cfg = resume_config(cfg.out, **{k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k) is not None})
     rank0 = distributed.setup(cfg.device).rank == 0  # under torchrun only rank 0 draws a bar
     stop = threading.Event()
 
