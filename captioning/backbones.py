@@ -17,6 +17,24 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
 
+MAX_ASPECT = 4.0  # a longer side is cut to this many times the short side before the resize
+
+
+def limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """The image, or for a strip longer than `max_aspect` : 1 its centre part of that shape.
+
+    Resizing the short side of a 20000 x 1 strip to 224 px would make a 4.5-gigapixel image; only its
+    centre square is kept by the crop anyway. Photos (4:3, 16:9, even 3:1 panoramas) pass unchanged.
+    """
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    keep = max(1, round(short * max_aspect))
+    if long <= keep:
+        return image
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, h) if w > h else (0, start, w, start + keep)
+    return image.crop(box)
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -28,6 +46,7 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB image -> (3, size, size) float tensor."""
+        image = limit_aspect(image)
         image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         image = TF.center_crop(image, [self.size, self.size])
         x = TF.to_tensor(image)  # (3, S, S) in [0, 1]

@@ -100,8 +100,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "update the captioning package"
         )
     for key in ("model_config", "vocab", "decoder_state"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} is missing '{key}'")
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path} is missing '{key}' (or it is not a mapping)")
+    for key in ("metrics", "provenance", "backbone"):
+        if not isinstance(ckpt.get(key) or {}, dict):
+            raise CheckpointError(f"{path} has a malformed '{key}'")
     return ckpt
 
 
@@ -126,7 +129,7 @@ def model_from_checkpoint(
         model.decoder.load_state_dict(ckpt["decoder_state"])
         if with_backbone and backbone_state is not None:
             model.backbone.load_state_dict(backbone_state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as exc:
         first = str(exc).splitlines()[1:2] or [str(exc)]
-        raise CheckpointError(f"{source}: weights do not match its config ({first[0].strip()})") from None
+        raise CheckpointError(f"{source}: weights do not match its config ({first[0].strip()[:200]})") from None
     return model.eval(), vocab

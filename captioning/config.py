@@ -28,7 +28,7 @@ def option(default: Any, help: str, choices: tuple | None = None, cli: bool = Tr
     return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, **extra})
 
 
-def _check_types(config: Any) -> None:
+def check_types(config: Any, what: str = "") -> None:
     """ValueError naming the field when a value has the wrong type (e.g. a hand-edited config.json)."""
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
@@ -40,10 +40,11 @@ def _check_types(config: Any) -> None:
             object.__setattr__(config, f.name, float(value))
             continue
         if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t):
-            raise ValueError(f"{f.name} must be {_type_name(allowed)} (got {value!r})")
+            raise ValueError(f"{what}{f.name} must be {_type_name(allowed)} (got {str(value)[:100]!r})")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise ValueError(f"{f.name} must be one of: {', '.join(map(str, choices))} (got {value!r})")
+            allowed_values = ", ".join(map(str, choices))
+            raise ValueError(f"{what}{f.name} must be one of: {allowed_values} (got {str(value)[:100]!r})")
 
 
 def _type_name(types: tuple) -> str:
@@ -74,7 +75,7 @@ class ModelConfig:
     finetune_cnn: bool = option(False, "train the CNN too (needs --end-to-end); its weights go into checkpoints")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         for name in ("embed_size", "hidden_size", "attention_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
@@ -149,7 +150,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.coco_root is None or self.out is None:
             raise ValueError("a training run needs coco_root and out")
-        _check_types(self)
+        check_types(self)
         self._check_ranges()
 
     def _check_ranges(self) -> None:

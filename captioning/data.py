@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ import torch
 from PIL import Image, ImageOps
 
 IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # the file types the app offers
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may decode them as (JPEG includes MPO)
+IMAGE_MIME_TYPES = tuple(f"image/{f.lower()}" for f in IMAGE_FORMATS)
+MAX_IDS_BYTES = 16_000_000  # an ids file of every COCO image is about 1 MB
 MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
 DOWNLOAD_HINT = "python -m captioning download --dest {root} --split val2017"
 
@@ -47,10 +51,14 @@ def warn_skipped(what: str, names: list[str], reason: str) -> None:
 def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
     """Open an image file or bytes as an upright RGB PIL image.
 
-    Applies the EXIF orientation; converts grayscale, CMYK, palette, alpha and 16-bit images to
-    8-bit RGB (transparent areas on white). Raises ImageLoadError with a clear reason.
+    Only the formats the app offers are read (`IMAGE_FORMATS`: never EPS or another format whatever the file's
+    name says), up to MAX_PIXELS, first frame of an animation. Applies the EXIF orientation; converts grayscale,
+    CMYK, palette, alpha and 16-bit images to 8-bit RGB (transparent areas on white). Raises ImageLoadError with
+    a clear reason.
     """
     name = str(source) if isinstance(source, (str, Path)) else "the uploaded file"
+    if isinstance(source, (str, Path)):
+        _check_regular_file(Path(source), name)
     if isinstance(source, bytes):
         if not source:
             raise ImageLoadError(f"{name} is empty (0 bytes)")
@@ -58,7 +66,7 @@ def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
+            image = Image.open(source, formats=IMAGE_FORMATS)
             try:
                 w, h = image.size
                 if w * h > MAX_PIXELS:
@@ -67,32 +75,41 @@ def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
                         f"{MAX_PIXELS // 1_000_000} megapixels)"
                     )
                 image.load()
-            except BaseException:
-                image.close()  # PIL keeps a file it could not decode open otherwise
-                raise
+                return to_rgb(image)
+            finally:
+                image.close()  # PIL keeps a file open otherwise; to_rgb made a copy
     except ImageLoadError:
         raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{name} does not exist") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(f"{name} is too large to decode safely") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         reason = (
             "not an image this app can read (JPG, PNG, WebP, BMP, GIF or TIFF)"
             if "cannot identify" in str(exc)
-            else f"corrupt or truncated ({exc})"
+            else f"corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]})"
         )
         raise ImageLoadError(f"{name} is {reason}") from None
-    return to_rgb(image)
+
+
+def _check_regular_file(path: Path, name: str) -> None:
+    """A missing, empty or special file (a folder, FIFO or device) is an ImageLoadError, before reading it."""
+    try:
+        info = path.stat()
+    except OSError:
+        raise ImageLoadError(f"{name} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(f"{name} is not a regular file")
+    if info.st_size == 0:
+        raise ImageLoadError(f"{name} is empty (0 bytes)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> upright 8-bit RGB."""
     image = ImageOps.exif_transpose(image) or image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
+        arr = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+        image = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -116,12 +133,44 @@ def available_splits(root: Path) -> list[str]:
 
 
 def read_ids_file(path: Path) -> list[int]:
-    """Image ids, one per line or a JSON list."""
-    text = Path(path).read_text(encoding="utf-8").strip()
+    """Image ids, one per line or a JSON list; DatasetError for a special file, a huge one or bad content."""
+    path = Path(path)
     try:
-        return [int(x) for x in (json.loads(text) if text.startswith("[") else text.split())]
-    except ValueError as exc:
-        raise DatasetError(f"{path} must hold image ids, one per line or a JSON list ({exc})") from None
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DatasetError(f"ids file {path} is not a regular file")
+        if info.st_size > MAX_IDS_BYTES:
+            raise DatasetError(f"ids file {path} is too large ({info.st_size:,} bytes; at most {MAX_IDS_BYTES:,})")
+        with open(path, "rb") as f:
+            data = f.read(MAX_IDS_BYTES + 1)
+    except OSError as exc:
+        raise DatasetError(f"cannot read ids file {path} ({exc.strerror or exc})") from None
+    return parse_ids(data, str(path))
+
+
+def parse_ids(data: bytes, name: str = "the ids file") -> list[int]:
+    """Image ids from text: whitespace-separated numbers or a JSON list of them."""
+    if len(data) > MAX_IDS_BYTES:
+        raise DatasetError(f"{name} is too large (at most {MAX_IDS_BYTES:,} bytes)")
+    try:
+        text = data.decode("utf-8").strip()
+        values = json.loads(text) if text.startswith("[") else text.split()
+    except (UnicodeDecodeError, ValueError):
+        raise DatasetError(
+            f"{name} must hold image ids, one per line or a JSON list; it is not readable text"
+        ) from None
+    ids = []
+    for k, value in enumerate(values if isinstance(values, list) else [values], start=1):
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:  # not echoed: it may be anything
+            raise DatasetError(
+                f"{name} must hold image ids (whole numbers), one per line or a JSON list; entry {k} is not one"
+            )
+        ids.append(value)
+    if not ids:
+        raise DatasetError(f"{name} holds no image ids")
+    return ids
 
 
 @dataclass
@@ -136,8 +185,7 @@ class CocoSplit:
 
     @classmethod
     def load(cls, root: Path, split: str, ids_file: Path | None = None, check_files: bool = True) -> CocoSplit:
-        from pycocotools.coco import COCO
-
+        """Read a split; malformed image or caption records are skipped with one warning that counts them."""
         root = Path(root)
         ann_file, image_dir = split_paths(root, split)
         if not ann_file.is_file():
@@ -147,11 +195,7 @@ class CocoSplit:
                 + (f" (splits here: {', '.join(have)})" if have else "")
                 + f". To fetch COCO: {DOWNLOAD_HINT.format(root=root)}"
             )
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                coco = COCO(str(ann_file))
-        except Exception as exc:
-            raise DatasetError(f"{ann_file} is not a COCO captions file ({exc})") from None
+        coco = _read_coco(ann_file)
         ids = sorted(coco.imgs)
         if ids_file is not None:
             wanted = read_ids_file(ids_file)
@@ -163,9 +207,9 @@ class CocoSplit:
         captions = {i: [a["caption"].strip() for a in coco.imgToAnns.get(i, [])] for i in ids}
         ids = [i for i in ids if captions[i]]
         if check_files:
-            missing = [i for i in ids if not files[i].is_file()]
-            warn_skipped(f"split {split}", [files[i].name for i in missing], "are missing")
-            ids = [i for i in ids if i not in set(missing)]
+            missing = {i for i in ids if not files[i].is_file()}
+            warn_skipped(f"split {split}", [files[i].name for i in sorted(missing)], "are missing")
+            ids = [i for i in ids if i not in missing]
         if not ids:
             raise DatasetError(f"split {split} under {root} has no images with captions on disk")
         return cls(root, split, ids, files, captions)
@@ -175,6 +219,56 @@ class CocoSplit:
 
     def all_captions(self) -> list[str]:
         return [c for i in self.ids for c in self.captions[i]]
+
+
+def _read_coco(ann_file: Path):
+    """pycocotools' index of a captions file whose malformed records were dropped (counted in one warning)."""
+    from pycocotools.coco import COCO
+
+    try:
+        with open(ann_file, "rb") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{ann_file} is not a COCO captions file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{ann_file} is not a COCO captions file (no 'images' list)")
+    images = [im for im in data["images"] if _good_image(im)]
+    known = {im["id"] for im in images}
+    anns = [a for a in data.get("annotations") or [] if _good_caption(a, known)]
+    bad_images, bad_anns = len(data["images"]) - len(images), len(data.get("annotations") or []) - len(anns)
+    if bad_images or bad_anns:
+        warnings.warn(
+            f"{ann_file.name}: skipped {bad_images} malformed image record(s) and {bad_anns} malformed or orphan "
+            "caption(s) (each needs an integer id; an image a plain file_name, a caption its image_id and text)",
+            SkippedImagesWarning,
+            stacklevel=3,
+        )
+    coco = COCO()
+    coco.dataset = {**data, "images": images, "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _good_image(image) -> bool:
+    name = image.get("file_name") if isinstance(image, dict) else None
+    plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    return plain and _is_int(image.get("id"))
+
+
+def _good_caption(ann, known: set[int]) -> bool:
+    return (
+        isinstance(ann, dict)
+        and isinstance(ann.get("caption"), str)
+        and bool(ann["caption"].strip())
+        and _is_int(ann.get("image_id"))
+        and ann["image_id"] in known
+        and _is_int(ann.get("id"))
+    )
 
 
 def search_captions(split: CocoSplit, query: str) -> list[int]:

@@ -96,9 +96,12 @@ class Captioner:
         return Caption(best.text, words, best.word_probs[:n], best.logprob, best.score, hyps, attention, grid)
 
 
+THUMBNAIL = 1024  # longest side of the copy an upload keeps for display (a 40-megapixel decode is 120 MB)
+
+
 @dataclass
 class UploadResult:
-    """One uploaded file: its image and caption, or why it could not be captioned."""
+    """One uploaded file: a display-sized copy of its image and its caption, or why it could not be captioned."""
 
     name: str
     image: Image.Image | None = None
@@ -107,15 +110,19 @@ class UploadResult:
 
 
 def caption_files(captioner: Captioner, files: list[tuple[str, bytes]], **decoding) -> list[UploadResult]:
-    """Caption every readable file in one batch; an unreadable one gets its own error message."""
+    """Caption each file; one that cannot be read gets its own error message and the others still caption.
+
+    Files are decoded one at a time and only a display-sized copy is kept, so memory does not grow with the
+    number or size of the uploads.
+    """
     results = []
     for name, data in files:
         try:
-            results.append(UploadResult(name, image=load_image(data)))
+            image = load_image(data)
         except ImageLoadError as exc:
             results.append(UploadResult(name, error=str(exc).replace("the uploaded file", name, 1)))
-    good = [r for r in results if r.image is not None]
-    if good:
-        for result, caption in zip(good, captioner.caption([r.image for r in good], **decoding), strict=True):
-            result.caption = caption
+            continue
+        caption = captioner.caption([image], **decoding)[0]
+        image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
+        results.append(UploadResult(name, image=image, caption=caption))
     return results

@@ -15,27 +15,28 @@ The seed project's plain-text logs (`Epoch [1/3], Step [100/3236], Loss: 2.9812,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.io import atomic_write_text
 
-CONFIG, VOCAB, METRICS, LAST, BEST, TRAIN_LOG = (
-    "config.json",
-    "vocab.json",
-    "metrics.jsonl",
-    "last.pt",
-    "best.pt",
-    "train.log",
-)
+CONFIG, VOCAB, METRICS, LAST, BEST = "config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"
+TRAIN_LOG, LOCK = "train.log", ".lock"  # the app's copy of the trainer's output; held while a trainer runs
 STEP, EPOCH, EVENT = "step", "epoch", "event"  # record kinds
 START, RESUME, SCST_START = "start", "resume", "scst_start"
 FINISHED, STOPPED, EARLY_STOPPED = "finished", "stopped", "early_stopped"
 ENDINGS = (FINISHED, STOPPED, EARLY_STOPPED)  # the events a run's log ends with
 EVENTS = (START, RESUME, SCST_START, *ENDINGS)
+RUNNING, INTERRUPTED, UNKNOWN = "running", "interrupted", "unknown"  # statuses of a log with no ending
+RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # a folder holding any of these holds a run
+SCORES = ("val_loss", "val_perplexity", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+MAX_SEED_LOG = 50_000_000  # bytes of an uploaded text log that are read
 
 SEED_LINE = re.compile(
     r"Epoch\s*\[(\d+)/(\d+)\],\s*Step\s*\[(\d+)/(\d+)\],\s*Loss:\s*([0-9.eE+-]+)"
@@ -60,9 +61,69 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
+    lock_file = property(lambda self: self.path / LOCK)
+
     def status(self) -> str:
-        """How the run's log ends (see `run_status`)."""
-        return run_status(self.metrics)
+        """How the run's log ends (see `run_status`), "interrupted" when no ending was logged and no trainer
+        holds the run's lock (it was killed)."""
+        status = run_status(self.metrics)
+        return INTERRUPTED if status == RUNNING and not self.locked() else status
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here (an empty folder, or only the app's train.log, does not count)."""
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def locked(self) -> bool:
+        """Whether a trainer holds this run's lock now."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock we took
+        return False
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be trained into now; the message says why and what to do."""
+
+
+class RunLockedError(RunFolderError):
+    """Another process is training this run."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as a trainer writes it; the OS drops it when the process
+    dies, however it dies."""
+
+    def __init__(self, folder: RunDir) -> None:
+        self.folder, self.fd = folder, None
+
+    def __enter__(self) -> RunLock:
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.folder.path} is being trained by another process; wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        for stale in self.folder.path.glob(".*.tmp"):  # half-written files of a trainer that was killed
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def resume_command(coco_root: str | Path, out: str | Path) -> str:
@@ -88,55 +149,100 @@ class RunLog:
         """An event record: the run started, resumed, switched phase or ended."""
         self.write({"kind": EVENT, "event": name, "step": step, "epoch": epoch, **fields})
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (logged after the checkpoint a resumed run starts from)."""
-        records = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+    def truncate_after(self, step: int, validated: bool = True) -> None:
+        """Drop records past `step` (logged after the checkpoint a resumed run starts from), and, when that
+        checkpoint's epoch was not validated, the validation record a killed run may have logged at `step`."""
+        at = lambda r: r.get("step", 0)  # noqa: E731
+        keep = lambda r: at(r) < step or (at(r) == step and (validated or r["kind"] != EPOCH))  # noqa: E731
+        records = [r for r in read_log(self.path).records if keep(r)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl; a half-written last line (a live run) is ignored."""
-    records = []
+@dataclass
+class LogRead:
+    """The usable records of a log, and how many lines were skipped as malformed."""
+
+    records: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def valid_record(record) -> bool:
+    """Whether a parsed line has the fields its kind promises, of the right types (numbers may be NaN)."""
+    if not isinstance(record, dict) or not (_number(record.get("step")) or record.get("kind") == EVENT):
+        return False
+    kind = record.get("kind")
+    if kind == STEP:
+        return _number(record.get("loss")) or _number(record.get("reward"))
+    if kind == EPOCH:
+        return _number(record.get("epoch")) and all(_number(record[k]) for k in SCORES if k in record)
+    return kind == EVENT and isinstance(record.get("event"), str) and _number(record.get("step", 0))
+
+
+def read_log(path: Path) -> LogRead:
+    """Records of a metrics.jsonl; lines that are not valid records (a half-written last line of a live run,
+    or a hand-edited one) are skipped and counted."""
+    out = LogRead()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if valid_record(record):
+                    out.records.append(record)
+                else:
+                    out.skipped += 1
     except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+        pass
+    return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The valid records of a metrics.jsonl (see `read_log`)."""
+    return read_log(path).records
 
 
 def run_status(metrics: Path) -> str:
     """How a run's log ends: an ending event's name, "running" when none yet, "unknown" without a log."""
-    events = [r.get("event") for r in read_metrics(metrics) if r.get("kind") == EVENT]
+    events = [r["event"] for r in read_metrics(metrics) if r["kind"] == EVENT]
     if not events:
-        return "unknown"
-    return events[-1] if events[-1] in ENDINGS else "running"
+        return UNKNOWN
+    return events[-1] if events[-1] in ENDINGS else RUNNING
 
 
-def parse_seed_log(text: str) -> list[dict]:
+def parse_seed_log(text: str) -> LogRead:
     """Step records from lines like `Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101`.
 
     The global step counts across epochs as (epoch - first epoch) * steps_per_epoch + step, so
-    logs that number epochs from 0 or from 1 both read right.
+    logs that number epochs from 0 or from 1 both read right. A line whose numbers do not parse
+    ("Loss: -", "Loss: 2.98.12", an infinite perplexity) is skipped and counted.
     """
-    matches = [m.groups() for m in SEED_LINE.finditer(text)]
+    out = LogRead()
+    matches = [m.groups() for m in SEED_LINE.finditer(text[:MAX_SEED_LOG])]
     first = min((int(m[0]) for m in matches), default=0)
-    records = []
     for epoch, _, step, per_epoch, loss, ppl in matches:
-        loss_f = float(loss)
-        records.append(
+        try:
+            loss_f = float(loss)
+            ppl_f = float(ppl) if ppl else math.exp(min(loss_f, 50.0))
+        except (ValueError, OverflowError):
+            loss_f = ppl_f = math.nan
+        if not (math.isfinite(loss_f) and math.isfinite(ppl_f)):  # unplottable, on a log scale above all
+            out.skipped += 1
+            continue
+        out.records.append(
             {
                 "kind": STEP,
                 "epoch": int(epoch),
                 "step": (int(epoch) - first) * int(per_epoch) + int(step),
                 "loss": loss_f,
-                "perplexity": float(ppl) if ppl else math.exp(min(loss_f, 50.0)),
+                "perplexity": ppl_f,
             }
         )
-    return records
+    return out

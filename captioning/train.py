@@ -8,6 +8,8 @@ with DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -18,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from captioning import distributed as dist
 from captioning import rundir
-from captioning.checkpoint import checkpoint_dict, load_checkpoint, provenance, save_checkpoint
-from captioning.config import TrainConfig
+from captioning.checkpoint import CheckpointError, checkpoint_dict, load_checkpoint, provenance, save_checkpoint
+from captioning.config import TrainConfig, check_types
 from captioning.data import warn_skipped
 from captioning.datasets import batches_for_epoch
 from captioning.device import resolve_device
@@ -70,10 +72,13 @@ class TrainState:
     best_epoch: int | None = None
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     elapsed: float = 0.0  # training seconds, across resumes
+    validated: bool = False  # whether the epoch end at this step was validated and saved (a resume re-validates)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainState:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        state = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        check_types(state, "the training state's ")
+        return state
 
 
 @dataclass
@@ -100,20 +105,48 @@ def fit(
     cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = False, progress: bool = False
 ) -> FitResult:
     """Train as `cfg` says. With `resume`, continue `cfg.out/last.pt` where it stopped: its saved config
-    holds, but for the RESUME_OVERRIDES fields, which come from `cfg`."""
+    holds, but for the RESUME_OVERRIDES fields, which come from `cfg`. A run killed before its first
+    checkpoint starts again from the beginning, with the config it was started with."""
     cb = callbacks or Callbacks()
     resume_ckpt = None
+    folder = rundir.RunDir(cfg.out)
     if resume:
-        resume_ckpt = _resume_checkpoint(rundir.RunDir(cfg.out))
-        saved = TrainConfig.from_dict(resume_ckpt["train_state"]["config"])
+        resume_ckpt, saved = _resume_point(folder)
         cfg = replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
     ctx = dist.setup(cfg.device)
     device = ctx.device if ctx.world > 1 else resolve_device(cfg.device)
     try:
-        run = build_run(cfg, ctx, device, resume_ckpt, progress, cb.on_phase)
-        return train(run, resume_ckpt, cb)
+        with _own_folder(folder, ctx, resume):
+            if resume and resume_ckpt is None and ctx.rank == 0:
+                folder.metrics.unlink(missing_ok=True)  # the records of an attempt that saved nothing
+            run = build_run(cfg, ctx, device, resume_ckpt, progress, cb.on_phase)
+            return train(run, resume_ckpt, cb)
     finally:
         dist.teardown(ctx)
+
+
+@contextlib.contextmanager
+def _own_folder(folder: rundir.RunDir, ctx: dist.DistContext, resume: bool):
+    """Hold the run folder's lock (rank 0) while training; refuse a folder that another trainer holds, or one
+    that holds a run already when this is not a resume. Every rank gets the same answer."""
+    lock, problem = rundir.RunLock(folder), None
+    if ctx.rank == 0:
+        try:
+            lock.__enter__()
+        except rundir.RunLockedError as exc:
+            problem = str(exc)
+        if problem is None and not resume and folder.holds_run():
+            problem = (
+                f"{folder.path} already holds a run; continue it with --resume (same --out), or choose "
+                "another --out (or delete that folder first)"
+            )
+    problem = dist.broadcast(problem, ctx)
+    try:
+        if problem:
+            raise rundir.RunFolderError(problem)
+        yield
+    finally:
+        lock.__exit__()
 
 
 def resume_config(out: str | Path, **overrides) -> TrainConfig:
@@ -121,8 +154,18 @@ def resume_config(out: str | Path, **overrides) -> TrainConfig:
     unknown = set(overrides) - set(RESUME_OVERRIDES)
     if unknown:
         raise ValueError(f"a resumed run can change only {', '.join(RESUME_OVERRIDES)} (not {', '.join(unknown)})")
-    saved = TrainConfig.from_dict(_resume_checkpoint(rundir.RunDir(out))["train_state"]["config"])
-    return replace(saved, **overrides)
+    return replace(_resume_point(rundir.RunDir(out))[1], **overrides)
+
+
+def _resume_point(folder: rundir.RunDir) -> tuple[dict | None, TrainConfig]:
+    """(last.pt, its config), or (None, config.json's) for a run that was killed before its first checkpoint."""
+    if folder.last.is_file() or not folder.config.is_file():
+        ckpt = _resume_checkpoint(folder)
+        return ckpt, TrainConfig.from_dict(ckpt["train_state"]["config"])
+    try:
+        return None, TrainConfig.from_dict(json.loads(folder.config.read_text(encoding="utf-8"))["train"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise rundir.RunFolderError(f"{folder.config} cannot be read ({str(exc)[:200]}); nothing to resume") from None
 
 
 def _resume_checkpoint(folder: rundir.RunDir) -> dict:
@@ -144,7 +187,13 @@ def train(run: Run, resume_ckpt: dict | None, cb: Callbacks) -> FitResult:
     torch.manual_seed(cfg.seed + 1)  # dropout draws start the same whether or not the cache was just built
     state = _restore(run, opt, resume_ckpt) if resume_ckpt is not None else _start(run)
     status, t0 = rundir.FINISHED, time.time() - state.elapsed
-    while state.epoch < cfg.epochs + cfg.scst_epochs and state.step < run.total_steps:
+    while True:
+        if not state.validated and _epoch_over(run, state):  # also after a kill in validation or the saves
+            if end_epoch(run, run.phase(state.epoch), state, opt, cb):
+                status = rundir.EARLY_STOPPED
+                break
+        if state.epoch >= cfg.epochs + cfg.scst_epochs or state.step >= run.total_steps:
+            break
         phase = run.phase(state.epoch)
         if phase is run.scst and state.epoch == cfg.epochs and state.batch == 0:
             _start_self_critical(run, state, opt)
@@ -154,12 +203,15 @@ def train(run: Run, resume_ckpt: dict | None, cb: Callbacks) -> FitResult:
             if run.log:
                 run.log.event(rundir.STOPPED, state.step, state.epoch)
             break
-        if end_epoch(run, phase, state, opt, cb):
-            status = rundir.EARLY_STOPPED
-            break
     if run.log:
         run.log.event(status, state.step, state.epoch, best_cider=state.best_cider, elapsed=round(time.time() - t0, 3))
     return FitResult(status, state.step, state.epoch, state.best_cider, run.folder.path)
+
+
+def _epoch_over(run: Run, state: TrainState) -> bool:
+    """Whether the batches of the current epoch (or the run's steps) are all done."""
+    phase = run.phase(state.epoch) if state.epoch < run.cfg.epochs + run.cfg.scst_epochs else None
+    return state.step >= run.total_steps or (phase is not None and state.batch >= phase.steps_per_epoch)
 
 
 def _start(run: Run) -> TrainState:
@@ -183,20 +235,23 @@ def _start(run: Run) -> TrainState:
 def _restore(run: Run, opt: Optimiser, ckpt: dict) -> TrainState:
     """The training state, optimizer, scaler and RNG of `last.pt`; the log loses records past it."""
     ts = ckpt["train_state"]
-    state = TrainState.from_dict(ts)
-    if (
-        run.scst
-        and run.scst.restarts_from_best(state.epoch, state.batch, state.best_epoch)
-        and run.folder.best.is_file()
-    ):
-        run.scst.best_weights = load_checkpoint(run.folder.best)["decoder_state"]
-    opt.adam.load_state_dict(ts["optimizer"])
-    if ts.get("scaler"):
-        opt.scaler.load_state_dict(ts["scaler"])
-    torch.set_rng_state(ts["rng_cpu"])
+    try:
+        state = TrainState.from_dict(ts)
+        if (
+            run.scst
+            and run.scst.restarts_from_best(state.epoch, state.batch, state.best_epoch)
+            and run.folder.best.is_file()
+        ):
+            run.scst.best_weights = load_checkpoint(run.folder.best)["decoder_state"]
+        opt.adam.load_state_dict(ts["optimizer"])
+        if ts.get("scaler"):
+            opt.scaler.load_state_dict(ts["scaler"])
+        torch.set_rng_state(ts["rng_cpu"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{run.folder.last}: its training state cannot be resumed ({str(exc)[:200]})") from None
     run.last_metrics = ckpt.get("metrics", {})
     if run.log:
-        run.log.truncate_after(state.step)
+        run.log.truncate_after(state.step, state.validated)
         run.log.event(rundir.RESUME, state.step, state.epoch)
     return state
 
@@ -239,6 +294,7 @@ def train_one_epoch(run: Run, phase, state: TrainState, opt: Optimiser, cb: Call
         opt.step(loss, lr, cfg.grad_clip)
         state.step += 1
         state.batch += 1
+        state.validated = False
         if state.step % cfg.log_every == 0 or state.step == run.total_steps:
             _log_step(
                 run, phase, state, (loss, reward, lr), images * ctx.world / max(time.time() - t_step, 1e-6), t0, cb
@@ -297,9 +353,10 @@ def end_epoch(run: Run, phase, state: TrainState, opt: Optimiser, cb: Callbacks)
             run.scst.remember(run.model)
     else:
         state.bad_epochs += 1
-    _save(run, state, opt, rundir.LAST)
-    if improved:
+    state.validated = True
+    if improved:  # best.pt first: last.pt says this epoch is done, so it must never be ahead of best.pt
         _save(run, state, opt, rundir.BEST)
+    _save(run, state, opt, rundir.LAST)
     return cfg.patience is not None and state.bad_epochs >= cfg.patience
 
 

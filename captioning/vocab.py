@@ -33,6 +33,8 @@ class Vocabulary:
     """Word <-> id mapping with `<pad>`=0, `<start>`, `<end>`, `<unk>`."""
 
     def __init__(self, words: Sequence[str]) -> None:
+        if not all(isinstance(w, str) for w in words):
+            raise ValueError("a vocabulary's words must all be text")
         if list(words[: len(SPECIALS)]) != list(SPECIALS):
             raise ValueError(f"a vocabulary must start with {SPECIALS}")
         if len(set(words)) != len(words):
