@@ -11,7 +11,6 @@ from app.render import (
     word_confidence_html,
     word_probability_chart,
 )
-from captioning.data import IMAGE_TYPES
 
 st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
 st.title("Image captioning")
@@ -25,7 +24,7 @@ st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?'
 
 files = st.file_uploader(
     "Images",
-    type=IMAGE_TYPES,
+    type=ui.IMAGE_UPLOADS,
     accept_multiple_files=True,
     help="JPG, PNG, WebP, BMP, GIF or TIFF; several at once are fine",
 )

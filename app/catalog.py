@@ -1,12 +1,15 @@
-"""What the app can offer: the shipped model, every run's best checkpoint, and every run's log.
+"""What the app can offer: the shipped model, every run's best checkpoint, every run's log, the COCO roots.
 
 Locations come from the environment so a test or a deployment can point elsewhere:
-CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`).
+CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`),
+CAPTIONING_DATA_DIR (where COCO roots live, default `data/`), COCO_ROOT (one more root). The app reads
+data from these roots only: a browser can pick among them, never type a server path.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,30 @@ def default_log(checkpoint: Path | None = None) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-metrics.jsonl")
 
 
+def data_dir() -> Path:
+    """Where COCO roots live: $CAPTIONING_DATA_DIR or `data/` in the project."""
+    return Path(os.environ.get("CAPTIONING_DATA_DIR") or PROJECT_ROOT / "data")
+
+
+def _is_root(path: Path) -> bool:
+    return path.is_dir() and any((path / "annotations").glob("captions_*.json"))
+
+
+def coco_roots() -> list[Path]:
+    """The COCO roots the app may read: $COCO_ROOT, then every root in the data folder (itself or a
+    folder directly inside it, e.g. data/coco)."""
+    found = []
+    if os.environ.get("COCO_ROOT"):
+        found.append(Path(os.environ["COCO_ROOT"]))
+    data = data_dir()
+    found += [data] + (sorted(p for p in data.iterdir() if not p.name.startswith(".")) if data.is_dir() else [])
+    roots: list[Path] = []
+    for path in found:
+        if _is_root(path) and path.resolve() not in {r.resolve() for r in roots}:
+            roots.append(path)
+    return roots
+
+
 def runs_dir() -> Path:
     """Where runs live: $CAPTIONING_RUNS_DIR or `runs/` in the project."""
     return Path(os.environ.get("CAPTIONING_RUNS_DIR") or PROJECT_ROOT / "runs")
@@ -81,9 +108,11 @@ def _read_val_score(path: str, mtime_ns: int) -> tuple[float | None, str | None]
         ckpt = load_checkpoint(Path(path))
     except CheckpointError:
         return None, None
-    val = (ckpt.get("metrics") or {}).get("val") or {}
+    val = ckpt.get("metrics", {}).get("val")
+    val = val if isinstance(val, dict) else {}
     value, method = val.get("CIDEr"), val.get("method")
-    return (float(value) if isinstance(value, (int, float)) else None), (method if isinstance(method, str) else None)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (float(value) if number else None), (method[:20] if isinstance(method, str) else None)
 
 
 def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:

@@ -11,11 +11,24 @@ import streamlit as st
 from app import catalog
 from app.jobs import JobManager
 from captioning.checkpoint import CheckpointError
-from captioning.data import DOWNLOAD_HINT, CocoSplit, DatasetError, available_splits
+from captioning.data import (
+    DOWNLOAD_HINT,
+    IMAGE_MIME_TYPES,
+    IMAGE_TYPES,
+    CocoSplit,
+    DatasetError,
+    available_splits,
+    parse_ids,
+    split_paths,
+)
 from captioning.decoding import METHODS
 from captioning.inference import Captioner, caption_files
 
 COCO_HINT = DOWNLOAD_HINT.format(root="data/coco") + " --limit 500"
+# With a MIME type in its list, Streamlit leaves the check of an upload's name to the page (the browser still
+# filters the file dialog), so a misnamed file gets our message (load_image reads the content) and no exception.
+IMAGE_UPLOADS = [*IMAGE_TYPES, *IMAGE_MIME_TYPES]
+TEXT_UPLOADS = ["txt", "json", "log", "text/plain"]
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
@@ -24,15 +37,34 @@ def _captioner(path: str, mtime_ns: int) -> Captioner:  # mtime in the key: a re
 
 
 @st.cache_resource(show_spinner="Reading the dataset...", max_entries=4)
-def load_split(root: str, split: str) -> CocoSplit:
+def _load_split(root: str, split: str, mtime_ns: int) -> CocoSplit:  # a rewritten annotation file is re-read
     return CocoSplit.load(Path(root), split)
+
+
+def load_split(root: str, split: str) -> CocoSplit:
+    ann, _ = split_paths(Path(root), split)
+    return _load_split(root, split, ann.stat().st_mtime_ns if ann.is_file() else 0)
 
 
 @st.cache_resource
 def job_manager(runs: str) -> JobManager:
     """One manager per runs directory per server process, shared by every session and tab."""
     cache = os.environ.get("CAPTIONING_CACHE_DIR")
-    return JobManager(Path(runs), cache_dir=Path(cache) if cache else None)
+    return JobManager(Path(runs), cache_dir=Path(cache) if cache else None, roots=catalog.coco_roots)
+
+
+def model_key(path: Path) -> tuple[str, int]:
+    """What a cached caption or score of a model depends on: its path and when it was last written."""
+    try:
+        return str(path), path.stat().st_mtime_ns
+    except OSError:
+        return str(path), 0
+
+
+def plain(text: str, limit: int = 80) -> str:
+    """User-supplied text made safe to show inside markdown: shortened, and no markup (links, emphasis...)."""
+    text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    return "".join("\\" + c if c in "\\`*_{}[]<>()#+-.!|~:$" else c for c in text)
 
 
 def captioner(path: Path) -> Captioner:
@@ -86,16 +118,32 @@ def decoding_controls() -> dict:
 
 
 def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:
-    """Sidebar COCO root and split; a plain message (and stop) when there is no data."""
-    root = st.sidebar.text_input(
-        "COCO root", os.environ.get("COCO_ROOT") or "data/coco", help="a folder with annotations/captions_SPLIT.json"
-    )
-    splits = available_splits(Path(root)) if Path(root).is_dir() else []
+    """Sidebar COCO root (one of the app's data folders) and split; a plain message (and stop) without data."""
+    roots = catalog.coco_roots()
+    if not roots:
+        st.info(
+            f"No COCO captions found under `{catalog.data_dir()}` (or `$COCO_ROOT`). Download a sample with:"
+            f"\n\n```\n{COCO_HINT}\n```"
+        )
+        st.stop()
+    shown = {str(r): r for r in roots}
+    root = st.sidebar.selectbox("Dataset", list(shown), help=f"COCO roots in {catalog.data_dir()} and $COCO_ROOT")
+    splits = available_splits(shown[root])
     if not splits:
-        st.info(f"No COCO captions found under `{root}`. Download a sample with:\n\n```\n{COCO_HINT}\n```")
+        st.info(f"`{root}` has annotation files but none with its image folder beside it.")
         st.stop()
     default = splits.index(prefer) if prefer in splits else 0
     return root, st.sidebar.selectbox(label, splits, index=default)
+
+
+def ids_in_split(data: bytes, name: str, root: str, split: str) -> list[int]:
+    """Image ids from an uploaded file, all of them in the split; DatasetError saying what is wrong."""
+    ids = parse_ids(data, plain(name, 40))
+    files = load_split(root, split).files
+    unknown = [i for i in ids if i not in files]
+    if unknown:
+        raise DatasetError(f"{len(unknown)} id(s) in {plain(name, 40)} are not in split {split}: {unknown[:5]}")
+    return ids
 
 
 def split_or_stop(root: str, split: str) -> CocoSplit:
@@ -109,7 +157,7 @@ def split_or_stop(root: str, split: str) -> CocoSplit:
 def caption_uploads(model: Captioner, path: Path, uploads: list[tuple[str, bytes]], decoding: dict) -> list:
     """caption_files, remembered per session so moving a slider does not caption everything again."""
     memo = st.session_state.setdefault("caption_memo", {})
-    setting = (str(path), tuple(sorted(decoding.items())))
+    setting = (model_key(path), tuple(sorted(decoding.items())))
     keys = [(setting, name, hashlib.sha1(data).hexdigest()) for name, data in uploads]
     todo = [(k, u) for k, u in zip(keys, uploads, strict=True) if k not in memo]
     if todo:

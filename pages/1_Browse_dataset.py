@@ -19,7 +19,7 @@ split = ui.split_or_stop(root, split_name)
 entry = ui.model_picker(required=False)
 decoding = ui.decoding_controls() if entry else {}
 model = ui.captioner(entry.path) if entry else None
-setting = (root, split_name, str(entry.path) if entry else "", tuple(sorted(decoding.items())))
+setting = (root, split_name, ui.model_key(entry.path) if entry else "", tuple(sorted(decoding.items())))
 scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # image id -> caption, BLEU-4, CIDEr
 
 
@@ -37,9 +37,9 @@ if "image" in st.query_params:
     if st.button("Back to all images", icon=":material/arrow_back:"):
         del st.query_params["image"]
         st.rerun()
-    image_id = int(raw) if raw.isdigit() else None
+    image_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else None
     if image_id not in split.files:
-        st.warning(f"There is no image with id {raw!r} in split {split_name}.")
+        st.warning(f"There is no image with id \u201c{ui.plain(raw, 24)}\u201d in split {split_name}.")
         st.stop()
     left, right = st.columns(2)
     left.image(str(split.files[image_id]), caption=f"COCO image {image_id} (link: ?image={image_id})", width="stretch")

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from app import catalog
+from app import catalog, ui
 from app.charts import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
-from captioning.rundir import parse_seed_log, read_metrics
+from captioning.rundir import parse_seed_log, read_log
 
 SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
 
@@ -22,16 +22,20 @@ chosen = pick.multiselect(
     placeholder="Choose one or more runs",
     help=f"runs under {catalog.runs_dir()}",
 )
-uploaded = upload.file_uploader("Or plot a seed-project log", type=["txt", "log"], help=f"lines like: {SEED_EXAMPLE}")
+uploaded = upload.file_uploader("Or plot a seed-project log", type=ui.TEXT_UPLOADS, help=f"lines like: {SEED_EXAMPLE}")
 smoothing = st.sidebar.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, help="0 shows the raw loss")
 
-records = {runs[label].name: read_metrics(runs[label].metrics) for label in chosen}
+logs = {runs[label].name: read_log(runs[label].metrics) for label in chosen}
 if uploaded is not None:
-    seed = parse_seed_log(uploaded.getvalue().decode("utf-8", errors="replace"))
-    if seed:
-        records[f"upload: {uploaded.name}"] = seed
-    else:
-        st.warning(f"{uploaded.name} has no training lines like `{SEED_EXAMPLE}`.")
+    name = f"upload: {uploaded.name[:60]}"
+    logs[name] = parse_seed_log(uploaded.getvalue().decode("utf-8", errors="replace"))
+    if not logs[name].records:
+        del logs[name]
+        st.warning(f"{ui.plain(uploaded.name)} has no training lines like `{SEED_EXAMPLE}`.")
+for name, log in logs.items():
+    if log.skipped:
+        st.caption(f"{ui.plain(name)}: {log.skipped} malformed line(s) skipped.")
+records = {name: log.records for name, log in logs.items()}
 if not runs and not records:
     st.info(
         f"No training runs yet (none in `{catalog.runs_dir()}`). Start one on the **Fine-tune** page or with "

@@ -75,7 +75,11 @@ with st.form("launch"):
     batch = right.select_slider("Batch size", [8, 16, 32, 64], 32)
     splits = ["(none)"] + available_splits(Path(root))
     val = left.selectbox("Validation split", splits, index=splits.index("val") if "val" in splits else 0)
-    ids = right.text_input("Image ids file (optional)", help="only train on these ids: one per line or a JSON list")
+    ids = right.file_uploader(
+        "Image ids (optional)",
+        type=ui.TEXT_UPLOADS,
+        help="train only on these: a file of ids, one per line or a JSON list",
+    )
     objective = left.radio(
         "Objective",
         ["cross-entropy", "self-critical (CIDEr)"],
@@ -85,12 +89,12 @@ with st.form("launch"):
     )
     go = st.form_submit_button(f"Fine-tune on {split}", type="primary", icon=":material/play_arrow:")
 if go:
-    options = {"val_split": None if val == "(none)" else val, "ids_file": ids.strip() or None, "lr": lr}
-    options["scst"] = objective.startswith("self-critical")
+    options = {"val_split": None if val == "(none)" else val, "lr": lr, "scst": objective.startswith("self-critical")}
     try:
+        options["train_ids"] = ui.ids_in_split(ids.getvalue(), ids.name, root, split) if ids else None
         manager.start(name, bases[base], root, split, batch_size=batch, **options, **{unit: int(amount)})
     except (JobError, ValueError, OSError) as exc:
-        st.error(f"Could not start: {exc}")
+        st.error(f"Could not start: {ui.plain(str(exc), 300)}")
     else:
         del st.session_state["run_name"]
         st.rerun()

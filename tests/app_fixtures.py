@@ -25,6 +25,7 @@ def point_app(monkeypatch, tmp_path: Path, checkpoint: Path | None = None, coco:
     monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(checkpoint or tmp_path / "no-model" / "default.pt"))
     monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(runs))
     monkeypatch.setenv("COCO_ROOT", str(coco or tmp_path / "no-coco"))
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(tmp_path / "no-data"))  # no other root than COCO_ROOT
     if cache is not None:
         monkeypatch.setenv("CAPTIONING_CACHE_DIR", str(cache))
     return runs

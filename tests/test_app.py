@@ -190,7 +190,7 @@ def test_browse_links_to_an_image_by_id_in_the_url(tiny_checkpoint, tiny_coco, m
     _assert_image_view(at, tiny_coco, "val", image_id)
     at.query_params["image"] = "999999"
     at.run()
-    assert not at.exception and "no image with id '999999'" in at.warning[0].value
+    assert not at.exception and "no image with id \u201c999999\u201d" in at.warning[0].value
 
 
 def test_browse_without_data_gives_the_download_command(monkeypatch, tmp_path):

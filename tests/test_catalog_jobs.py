@@ -16,6 +16,7 @@ import pytest
 
 from app import catalog
 from app.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
+from captioning import rundir
 
 FAKE_TRAINER = f"""#!{sys.executable}
 # Stand-in for `python -m captioning train`: logs like it, sleeps, saves last.pt on SIGTERM.
@@ -69,8 +70,10 @@ def test_checkpoints_are_the_shipped_model_and_runs_with_best_pt(tiny_run, tmp_p
     shutil.copy(tiny_run / "metrics.jsonl", default.parent / "default-metrics.jsonl")
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "good")
-    (runs / "training").mkdir()
-    (runs / "training" / "metrics.jsonl").write_text(json.dumps({"kind": "event", "event": "start"}) + "\n")
+    for name in ("training", "killed"):  # a log without an ending: a live trainer holds the run's lock
+        (runs / name).mkdir()
+        (runs / name / "metrics.jsonl").write_text(json.dumps({"kind": "event", "event": "start"}) + "\n")
+    live = rundir.RunLock(rundir.RunDir(runs / "training")).__enter__()
     shutil.copytree(tiny_run, runs / ".hidden")
     monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(default))
     monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(runs))
@@ -84,7 +87,9 @@ def test_checkpoints_are_the_shipped_model_and_runs_with_best_pt(tiny_run, tmp_p
     assert models[1].path == runs / "good" / "best.pt"
     logs = catalog.list_runs()
     assert {(r.name, r.status) for r in logs} == {("shipped model", "finished"), ("good", "finished"),
-                                                  ("training", "running")}  # fmt: skip
+                                                  ("training", "running"), ("killed", "interrupted")}  # fmt: skip
+    live.__exit__()
+    assert rundir.RunDir(runs / "training").status() == "interrupted"  # the trainer is gone
 
 
 def test_no_model_anywhere_gives_an_empty_list(tmp_path, monkeypatch):
