@@ -25,8 +25,19 @@ def _step_series(runs: dict[str, list[dict]], column: str, smoothing: float) -> 
             continue
         df = df.sort_values("step").drop_duplicates("step", keep="last")
         df[column] = ema(df[column], smoothing)
-        frames.append(df.assign(run=name)[["run", "step", column]])
+        frames.append(downsample(df.assign(run=name)[["run", "step", column]]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", column])
+
+
+MAX_POINTS = 2000  # per run and series: what a chart draws (the browser slows down well before 100k points)
+
+
+def downsample(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """At most `max_points` rows evenly spaced over `df`, its first and last included (after smoothing, so the
+    curve keeps its shape); the raw records stay downloadable on the page."""
+    if len(df) <= max_points:
+        return df
+    return df.iloc[np.unique(np.linspace(0, len(df) - 1, max_points).round().astype(int))]
 
 
 def steps_frame(runs: dict[str, list[dict]], smoothing: float = 0.0) -> pd.DataFrame:

@@ -194,7 +194,42 @@ def add_download(sub) -> None:
     p.set_defaults(func=cmd_download)
 
 
-COMMANDS = (add_caption, add_evaluate, add_build_vocab, add_download, add_train, add_extract_features)
+def cmd_karpathy_split(args: argparse.Namespace) -> int:
+    from captioning.karpathy import make_splits
+
+    reports = make_splits(args.dataset, args.coco_root)
+    for r in reports:
+        where = ", ".join(f"{n:,} in {folder}" for folder, n in sorted(r.by_folder.items()))
+        missing = f"; {r.missing:,} not in the 2017 annotations, left out" if r.missing else ""
+        print(f"{r.name}: {r.images:,} images ({where or 'none found'}){missing}")
+    print(
+        f"train on it with: python -m captioning train --coco-root {args.coco_root} --train-split karpathy_train "
+        "--val-split karpathy_val --out runs/karpathy ...; evaluate with --split karpathy_test"
+    )
+    return 0
+
+
+def add_karpathy_split(sub) -> None:
+    p = sub.add_parser(
+        "karpathy-split",
+        help="make the Karpathy train/val/test splits from dataset_coco.json",
+        description="Turn Karpathy's dataset_coco.json into splits karpathy_train (113,287 images with restval), "
+        "karpathy_val and karpathy_test (5,000 each) over the train2017 and val2017 folders, with ids files.",
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="Karpathy's dataset_coco.json")
+    p.add_argument("--coco-root", type=Path, default=Path("data/coco"), help="holds train2017 and val2017")
+    p.set_defaults(func=cmd_karpathy_split)
+
+
+COMMANDS = (
+    add_caption,
+    add_evaluate,
+    add_build_vocab,
+    add_download,
+    add_karpathy_split,
+    add_train,
+    add_extract_features,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

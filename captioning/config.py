@@ -20,6 +20,7 @@ VAL_METHODS = ("greedy", "beam")
 SCST_LR_SCHEDULES = ("constant", "cosine")
 SCST_STARTS = ("best", "last")
 DEVICES = ("auto", "cpu", "cuda")
+SHARD_IMAGES = 1024  # images per feature-cache shard: what a kill can lose, and the most one shard holds
 DEFAULT_CACHE_DIR = "cache/features"
 
 

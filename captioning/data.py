@@ -24,6 +24,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may de
 IMAGE_MIME_TYPES = tuple(f"image/{f.lower()}" for f in IMAGE_FORMATS)
 MAX_IDS_BYTES = 16_000_000  # an ids file of every COCO image is about 1 MB
 MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
+SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"  # the embedded COCO sample: 150 train, 60 val
 DOWNLOAD_HINT = "python -m captioning download --dest {root} --split val2017"
 
 
@@ -195,7 +196,7 @@ class CocoSplit:
                 + (f" (splits here: {', '.join(have)})" if have else "")
                 + f". To fetch COCO: {DOWNLOAD_HINT.format(root=root)}"
             )
-        coco = _read_coco(ann_file)
+        coco = read_coco(ann_file)
         ids = sorted(coco.imgs)
         if ids_file is not None:
             wanted = read_ids_file(ids_file)
@@ -221,7 +222,7 @@ class CocoSplit:
         return [c for i in self.ids for c in self.captions[i]]
 
 
-def _read_coco(ann_file: Path):
+def read_coco(ann_file: Path):
     """pycocotools' index of a captions file whose malformed records were dropped (counted in one warning)."""
     from pycocotools.coco import COCO
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
 from captioning.inference import Captioner
-from captioning.metrics import score_captions
+from captioning.metrics import IdfSet, idf_set, score_captions
 
 
 def caption_split(
@@ -68,11 +68,27 @@ def score_images(
     split: CocoSplit,
     ids: list[int],
     on_batch: Callable[[int, int], None] | None = None,
+    idf: IdfSet | None = None,
     **decoding,
 ) -> dict[int, dict]:
-    """image id -> {"caption", "BLEU-4", "CIDEr"}; CIDEr's idf comes from the whole split."""
+    """image id -> {"caption", "BLEU-4", "CIDEr"}; CIDEr's idf comes from the whole split (`idf`, when given,
+    is its `idf_set`)."""
     preds = caption_split(captioner, split, ids, on_batch=on_batch, **decoding)
     if not preds:
         return {}
-    scores = score_captions(preds, split.captions, meteor=False, idf_references=split.captions)
+    scores = score_captions(preds, split.captions, meteor=False, idf_references=idf or split.captions)
     return {i: {"caption": preds[i], **{m: scores.per_image[i][m] for m in ("BLEU-4", "CIDEr")}} for i in preds}
+
+
+SCORE_CHUNK = 128  # images captioned and scored together by `iter_scores`: what an interruption can lose
+
+
+def iter_scores(
+    captioner: Captioner, split: CocoSplit, ids: list[int], chunk: int = SCORE_CHUNK, **decoding
+) -> Iterator[tuple[dict[int, dict], int]]:
+    """`score_images` a chunk at a time: yields (that chunk's scores, images done so far), so a caller can keep
+    each chunk's results (and show progress) as they come; CIDEr's idf is the whole split's for every chunk."""
+    idf = idf_set(split.captions) if ids else None
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        yield score_images(captioner, split, part, idf=idf, **decoding), start + len(part)

@@ -1,14 +1,24 @@
 """Frozen-feature cache: run the frozen CNN once per (backbone, preprocessing, image, view).
 
 Layout: CACHE/<backbone>-<preprocess hash>-<pooled|grid>-v<views>/<split id>/
-  index.json        {"meta": {...}, "shards": [{"file": ..., "ids": [...]}], "skipped": {...}}
-  shard-NNNN.npy    (n, views, C) float32 for pooled, (n, views, N, C) float16 for grid
-A later run that needs more images extracts only the missing ones into a new shard. A change of
-backbone, weights or preprocessing changes the key, so stale features are never read.
+  index.json      {"meta": {...}, "shards": [{"file": ..., "ids": [...]}], "skipped": {id: why}}
+  shard-*.npy     (n, views, C) float32 for pooled, (n, views, N, C) float16 for grid; read memory-mapped
+
+Extraction streams: each shard of at most SHARD_IMAGES images is written to disk (memory-mapped, so memory
+does not grow with the split) and renamed into place when complete, and its extractor's part index
+(`index-*-r<rank>.json`) is rewritten atomically after it. Once every extractor is done, the part indexes
+are merged into index.json. A kill therefore loses at most the shard being written; the next run merges
+what was finished, removes half-written files and extracts only what is missing. Under torchrun each rank
+extracts its own shards (whole shards, so batches, and thus features, are the same as one process's). A
+lock keeps two extractors off one folder; the stop flag is honoured between batches.
+
+A change of backbone, weights or preprocessing changes the key, so stale features are never read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -19,11 +29,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from captioning import distributed as dist
 from captioning.backbones import build_backbone, get_spec
-from captioning.config import DEFAULT_CACHE_DIR
+from captioning.config import DEFAULT_CACHE_DIR, SHARD_IMAGES
 from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
-from captioning.io import atomic_write, atomic_write_text
+from captioning.io import atomic_write, atomic_write_text, file_lock
 from captioning.model import grid_to_features
+
+
+class ExtractionStopped(Exception):
+    """Extraction stopped on request; what was finished is kept and a rerun continues from there."""
 
 
 def cache_key(backbone: str, kind: str, views: int) -> str:
@@ -70,6 +85,7 @@ class FeatureStore:
     views: int
     shards: list[np.ndarray]
     where: dict[int, tuple[int, int]]  # image id -> (shard, row)
+    folder: Path | None = None  # where it lives: what is derived from the same split can be cached beside it
 
     def get(self, image_ids: list[int], views: list[int] | None = None) -> torch.Tensor:
         """(B, C) or (B, N, C) float32, view 0 unless `views` picks one per image."""
@@ -93,18 +109,27 @@ def build_cache(
     progress: bool = True,
     encoder: torch.nn.Module | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    ctx: dist.DistContext | None = None,
+    shard_images: int = SHARD_IMAGES,
 ) -> FeatureStore:
     """Extract whatever features of `split` are not cached yet, then open the cache.
+
+    Every rank of `ctx` calls it; each extracts its share. Raises ExtractionStopped (on every rank) when
+    `should_stop` said so on any rank; the finished shards are kept.
 
     Args:
         kind: "pooled" (B, C) or "grid" (B, N, C), as the decoder needs.
         views: 1 (the image) or 2 (the image and its horizontal flip, for augmentation).
         encoder: the frozen CNN to use; built from `backbone` when None (tests pass a counting one).
+        on_batch: called with (images done, images to do) by this rank.
     """
     if kind not in ("pooled", "grid") or views not in (1, 2):
         raise ValueError("kind must be pooled or grid, views 1 or 2")
+    if shard_images < 1:
+        raise ValueError("shard_images must be at least 1")
+    ctx = ctx or dist.DistContext()
     folder = split_dir(cache_dir, backbone, kind, views, split)
-    index = _read_index(folder)
     meta = {
         "backbone": backbone,
         "source": get_spec(backbone).source,
@@ -114,85 +139,160 @@ def build_cache(
         "root": str(Path(split.root).resolve()),
         "split": split.split,
     }
-    if index.get("meta") != meta:
-        index = {"meta": meta, "shards": [], "skipped": {}}
-    have = {i for s in index["shards"] for i in s["ids"]}
-    todo = [i for i in split.ids if i not in have and str(i) not in index["skipped"]]
-    if todo:
-        _extract(
-            folder,
-            index,
-            split,
-            todo,
-            backbone,
-            kind,
-            views,
-            device,
-            batch_size,
-            num_workers,
-            progress,
-            encoder,
-            on_batch,
+    with _rank0_lock(folder, ctx):
+        if ctx.rank == 0:
+            _settle(folder, meta)
+        dist.barrier(ctx)
+        index = _read_index(folder, meta)
+        have = {i for s in index["shards"] for i in s["ids"]}
+        todo = [i for i in split.ids if i not in have and str(i) not in index["skipped"]]
+        mine = [todo[k : k + shard_images] for k in range(0, len(todo), shard_images)][ctx.rank :: ctx.world]
+        job = _Extraction(folder, meta, f"{len(index['shards']):04d}-r{ctx.rank}", split, backbone, views)
+        stopped = bool(mine) and job.run(
+            mine, device, batch_size, num_workers, progress, encoder, on_batch, should_stop
         )
-    skipped = [i for i in split.ids if str(i) in index["skipped"]]
-    warn_skipped(f"split {split.split}", [split.files[i].name for i in skipped], "could not be read")
-    return open_store(folder, index, [i for i in split.ids if i not in set(skipped)])
+        stopped = dist.any_true(stopped, ctx)
+        if ctx.rank == 0:
+            _settle(folder, meta)
+        dist.barrier(ctx)
+    if stopped:
+        raise ExtractionStopped(f"feature extraction of {split.split} stopped; a rerun continues it")
+    index = _read_index(folder, meta)
+    skipped = {i for i in split.ids if str(i) in index["skipped"]}
+    warn_skipped(f"split {split.split}", [split.files[i].name for i in split.ids if i in skipped], "could not be read")
+    return open_store(folder, index, [i for i in split.ids if i not in skipped])
 
 
-def _read_index(folder: Path) -> dict:
+def _rank0_lock(folder: Path, ctx: dist.DistContext):
+    if ctx.rank != 0:
+        return contextlib.nullcontext()
+    return file_lock(folder / ".lock", f"waiting for another process that is extracting features into {folder}")
+
+
+def _read_index(folder: Path, meta: dict) -> dict:
+    """index.json when it is for `meta` and its shards are all there, else an empty index."""
+    index = _read_json(folder / "index.json")
     try:
-        index = json.loads((folder / "index.json").read_text())
-        if all((folder / s["file"]).is_file() for s in index["shards"]):
+        if index["meta"] == meta and all((folder / s["file"]).is_file() for s in index["shards"]):
+            index["skipped"] = dict(index["skipped"])
             return index
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         pass
-    return {}
+    return {"meta": meta, "shards": [], "skipped": {}}
 
 
-@torch.inference_mode()
-def _extract(
-    folder, index, split, todo, backbone, kind, views, device, batch_size, num_workers, progress, encoder, on_batch
-) -> None:
-    from tqdm import tqdm
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
-    device = torch.device(device)
-    net = (encoder or build_backbone(backbone, pretrained=True)).to(device).eval()
-    loader = DataLoader(
-        _Images(split, todo, backbone, views),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        generator=torch.Generator(),  # leaves the global RNG alone: training must not depend on a cache hit
-    )
-    dtype = np.float16 if kind == "grid" else np.float32
-    out_ids, chunks, done = [], [], 0
-    with tqdm(total=len(todo), desc=f"features {split.split} ({backbone})", unit="img", disable=not progress) as bar:
-        for ids, xs in loader:
-            good = [(i, x) for i, x in zip(ids, xs) if x is not None]
-            for i, x in zip(ids, xs):
-                if x is None:
-                    index["skipped"][str(i)] = "unreadable"
+
+def _settle(folder: Path, meta: dict) -> None:
+    """Merge the part indexes of finished shards into index.json, then remove the part indexes, half-written
+    files and shards no index names (a kill between a shard's rename and its index). Holder of the lock only."""
+    index = _read_index(folder, meta)
+    parts = sorted(folder.glob("index-*-r*.json"))
+    known = {s["file"] for s in index["shards"]}
+    for path in parts:
+        part = _read_json(path)
+        if not isinstance(part, dict) or part.get("meta") != meta:
+            continue
+        for shard in part.get("shards", []):
+            if shard["file"] not in known and (folder / shard["file"]).is_file():
+                index["shards"].append(shard)
+                known.add(shard["file"])
+        index["skipped"].update(part.get("skipped", {}))
+    if parts or not (folder / "index.json").is_file():
+        atomic_write_text(folder / "index.json", json.dumps(index))
+    for path in parts:
+        path.unlink(missing_ok=True)
+    for path in folder.glob("shard-*.npy"):
+        if path.name not in known:
+            path.unlink(missing_ok=True)
+    for path in folder.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+class _Extraction:
+    """One extractor's shards: each written to disk as it is computed, then named in its part index."""
+
+    def __init__(self, folder: Path, meta: dict, tag: str, split: CocoSplit, backbone: str, views: int) -> None:
+        self.folder, self.tag, self.split, self.backbone, self.views = folder, tag, split, backbone, views
+        self.dtype = np.float16 if meta["kind"] == "grid" else np.float32
+        self.kind = meta["kind"]
+        self.part = {"meta": meta, "shards": [], "skipped": {}}
+
+    @torch.inference_mode()
+    def run(self, chunks, device, batch_size, num_workers, progress, encoder, on_batch, should_stop) -> bool:
+        """Extract every chunk of ids into a shard of its own; True when stopped on request."""
+        from tqdm import tqdm
+
+        device = torch.device(device)
+        net = (encoder or build_backbone(self.backbone, pretrained=True)).to(device).eval()
+        flat = [i for chunk in chunks for i in chunk]
+        batches, at = [], 0  # batches never cross a shard, so every shard sees the same batches on any rerun
+        for chunk in chunks:
+            batches += [
+                list(range(at + j, at + min(j + batch_size, len(chunk)))) for j in range(0, len(chunk), batch_size)
+            ]
+            at += len(chunk)
+        loader = DataLoader(
+            _Images(self.split, flat, self.backbone, self.views),
+            batch_sampler=batches,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            generator=torch.Generator(),  # leaves the global RNG alone: training must not depend on a cache hit
+        )
+        self.batches, self.done, self.total = iter(loader), 0, len(flat)
+        with tqdm(total=len(flat), desc=f"features {self.split.split}", unit="img", disable=not progress) as bar:
+            for k, chunk in enumerate(chunks):
+                name = f"shard-{self.tag}-{k:04d}.npy"
+                try:
+                    atomic_write(
+                        self.folder / name,
+                        functools.partial(
+                            self._fill,
+                            chunk=chunk,
+                            net=net,
+                            device=device,
+                            bar=bar,
+                            on_batch=on_batch,
+                            stop=should_stop,
+                        ),
+                    )
+                except ExtractionStopped:
+                    return True
+                self.part["shards"].append({"file": name, "ids": self.ids})
+                self.part["skipped"].update(self.skipped)
+                atomic_write_text(self.folder / f"index-{self.tag}.json", json.dumps(self.part))
+        return False
+
+    def _fill(self, path: Path, *, chunk: list[int], net, device, bar, on_batch, stop) -> None:
+        """Write the features of `chunk` into `path` batch by batch; the part index learns of them after."""
+        array, ids, skipped = None, [], {}
+        self.ids, self.skipped = ids, skipped
+        while len(ids) + len(skipped) < len(chunk):
+            if stop and stop():
+                raise ExtractionStopped
+            batch_ids, xs = next(self.batches)
+            good = [(i, x) for i, x in zip(batch_ids, xs) if x is not None]
+            skipped.update({str(i): "unreadable" for i, x in zip(batch_ids, xs) if x is None})
             if good:
                 batch = torch.cat([x for _, x in good]).to(device)  # (n*views, 3, S, S)
-                feats = grid_to_features(net(batch), kind)  # (n*views, C) or (n*views, N, C)
-                feats = feats.reshape(len(good), views, *feats.shape[1:]).cpu().numpy().astype(dtype)
-                out_ids += [i for i, _ in good]
-                chunks.append(feats)
-            done += len(ids)
-            bar.update(len(ids))
+                feats = grid_to_features(net(batch), self.kind)  # (n*views, C) or (n*views, N, C)
+                feats = feats.reshape(len(good), self.views, *feats.shape[1:]).cpu().numpy().astype(self.dtype)
+                if array is None:  # rows for every image of the chunk; an unreadable one leaves a row unused
+                    array = np.lib.format.open_memmap(path, "w+", self.dtype, (len(chunk), *feats.shape[1:]))
+                array[len(ids) : len(ids) + len(good)] = feats
+                ids += [i for i, _ in good]
+            self.done += len(batch_ids)
+            bar.update(len(batch_ids))
             if on_batch:
-                on_batch(done, len(todo))
-    if chunks:
-        name = f"shard-{len(index['shards']):04d}.npy"
-        array = np.concatenate(chunks)
-        atomic_write(folder / name, lambda p: _save_npy(p, array))
-        index["shards"].append({"file": name, "ids": out_ids})
-    atomic_write_text(folder / "index.json", json.dumps(index))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object, so numpy does not append ".npy" to the temp name
-        np.save(f, array)
+                on_batch(self.done, self.total)
+        if array is None:  # nothing readable: a placeholder row, so every shard can be memory-mapped
+            array = np.lib.format.open_memmap(path, "w+", self.dtype, (1, self.views, 1))
+        array.flush()
 
 
 def open_store(folder: Path, index: dict, ids: list[int]) -> FeatureStore:
@@ -201,4 +301,4 @@ def open_store(folder: Path, index: dict, ids: list[int]) -> FeatureStore:
         shards.append(np.load(folder / shard["file"], mmap_mode="r"))
         where.update({i: (n, row) for row, i in enumerate(shard["ids"])})
     ids = [i for i in ids if i in where]
-    return FeatureStore(ids, index["meta"]["kind"], index["meta"]["views"], shards, where)
+    return FeatureStore(ids, index["meta"]["kind"], index["meta"]["views"], shards, where, folder)

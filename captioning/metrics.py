@@ -167,26 +167,43 @@ def _add_documents(frequencies: _Frequencies, documents: list[list[str]]) -> Non
             frequencies[ngram] = frequencies.get(ngram, 0.0) + 1.0
 
 
+@dataclass(frozen=True)
+class IdfSet:
+    """CIDEr's document frequencies of a reference set (e.g. a whole split), prepared once by `idf_set` so that
+    scoring it a chunk at a time costs each chunk only its own images."""
+
+    frequencies: _Frequencies
+    documents: int
+    ids: frozenset[int]
+
+
+def idf_set(references: dict[int, list[str]], java: bool | None = None) -> IdfSet:
+    """Tokenize `references` as `score_captions` would and count each n-gram once per image; the last two
+    reference sets are cached (a split's set is reused by every page of it)."""
+    java = java_available() if java is None else java
+    return _idf_table(tuple((i, tuple(c)) for i, c in references.items()), java)
+
+
 @functools.lru_cache(maxsize=2)
-def _idf_table(references: tuple[tuple[int, tuple[str, ...]], ...], java: bool) -> tuple[_Frequencies, int]:
-    """Document frequencies of a reference set; cached, as a split's set is reused."""
+def _idf_table(references: tuple[tuple[int, tuple[str, ...]], ...], java: bool) -> IdfSet:
     tokenized = _tokenize({i: list(caps) for i, caps in references}, java, [])
     frequencies = _Frequencies()
     _add_documents(frequencies, list(tokenized.values()))
-    return frequencies, len(tokenized)
+    return IdfSet(frequencies, len(tokenized), frozenset(i for i, _ in references))
 
 
 def _cider(
     gts: dict[int, list[str]],
     res: dict[int, list[str]],
-    idf_references: dict[int, list[str]] | None,
+    idf_references: dict[int, list[str]] | IdfSet | None,
     java: bool,
 ) -> tuple[float, np.ndarray]:
     """CIDEr-D over gts/res, with idf from idf_references when given."""
     if idf_references is None:
         return Cider(n=CIDER_N, sigma=CIDER_SIGMA).compute_score(gts, res)
-    frequencies, documents = _idf_table(tuple((i, tuple(c)) for i, c in idf_references.items()), java)
-    extra = [gts[i] for i in gts if i not in idf_references]
+    idf = idf_references if isinstance(idf_references, IdfSet) else idf_set(idf_references, java)
+    frequencies, documents = idf.frequencies, idf.documents
+    extra = [gts[i] for i in gts if i not in idf.ids]
     if extra:  # scored images outside the idf set still count as documents of it
         frequencies = _Frequencies(frequencies)
         _add_documents(frequencies, extra)
@@ -233,7 +250,7 @@ def score_captions(
     references: dict[int, list[str]],
     *,
     meteor: bool | None = None,
-    idf_references: dict[int, list[str]] | None = None,
+    idf_references: dict[int, list[str]] | IdfSet | None = None,
 ) -> CaptionScores:
     """Score one generated caption per image against its reference captions.
 
@@ -242,7 +259,8 @@ def score_captions(
         references: image id -> reference captions (usually 5); may hold more ids.
         meteor: None/True: METEOR if Java is there, else skip with a note; False: skip.
         idf_references: image id -> references to take CIDEr's document frequencies from
-            (e.g. the whole split), so a page of images scores comparably to the split.
+            (e.g. the whole split), so a page of images scores comparably to the split; or
+            an `idf_set` of them, prepared once for many calls.
 
     Returns:
         CaptionScores with corpus and per-image BLEU-1..4, METEOR, ROUGE-L and CIDEr.

@@ -6,13 +6,15 @@ whichever phase an epoch belongs to, the same way.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from captioning import distributed as dist
-from captioning.cider import CiderD
+from captioning.cider import CiderD, DocumentFrequencies, RewardReferences
 from captioning.config import TrainConfig
 from captioning.data import CocoSplit, collate_captions
 from captioning.datasets import CachedImages, CachedPairs, ImagePairs, encode_captions
@@ -125,11 +127,12 @@ class SelfCriticalPhase:
 
     @classmethod
     def create(
-        cls, cfg: TrainConfig, train: CocoSplit, vocab: Vocabulary, store: FeatureStore, world: int
+        cls, cfg: TrainConfig, train: CocoSplit, vocab: Vocabulary, store: FeatureStore, ctx: dist.DistContext
     ) -> SelfCriticalPhase:
         data = CachedImages(store, cfg.seed)
-        cider = CiderD.from_captions({i: train.captions[i] for i in store.ids})  # every rank scores its samples
-        return cls(cfg, data, cider, vocab, math.ceil(math.ceil(len(data) / world) / cfg.scst_batch_size))
+        captions = {i: train.captions[i] for i in store.ids}
+        cider = CiderD.from_captions(captions, _document_frequencies(captions, store, ctx))  # every rank scores
+        return cls(cfg, data, cider, vocab, math.ceil(math.ceil(len(data) / ctx.world) / cfg.scst_batch_size))
 
     @property
     def batch_size(self) -> int:
@@ -176,3 +179,21 @@ class SelfCriticalPhase:
         """Keep the decoder's weights (a new best cross-entropy epoch). SCST runs on cached features, so the
         decoder is all there is to train."""
         self.best_weights = {k: v.detach().clone() for k, v in model.decoder.state_dict().items()}
+
+
+def _document_frequencies(captions: dict[int, list[str]], store: FeatureStore, ctx: dist.DistContext):
+    """The reward's document frequencies over these captions: computed once (by rank 0) and kept beside the
+    split's features, keyed by a digest of the captions, so a rerun and the other ranks read them."""
+    digest = hashlib.sha1()
+    for image_id, caps in captions.items():
+        digest.update(f"{image_id}\t{json.dumps(caps)}\n".encode())
+    path = store.folder / f"cider-df-{digest.hexdigest()[:16]}.json" if store.folder else None
+    if path is None:
+        return None
+    if ctx.rank == 0 and not path.is_file():
+        DocumentFrequencies.compute(RewardReferences(captions).values()).save(path)
+    dist.barrier(ctx)
+    try:
+        return DocumentFrequencies.load(path)
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: compute it here
+        return None

@@ -16,6 +16,7 @@ The seed project's plain-text logs (`Epoch [1/3], Step [100/3236], Loss: 2.9812,
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import math
 import os
@@ -210,11 +211,48 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def run_status(metrics: Path) -> str:
-    """How a run's log ends: an ending event's name, "running" when none yet, "unknown" without a log."""
-    events = [r["event"] for r in read_metrics(metrics) if r["kind"] == EVENT]
-    if not events:
+    """How a run's log ends: an ending event's name, "running" when none yet, "unknown" without a log.
+
+    Reads only the log's last and first STATUS_WINDOW bytes (a run of 100k steps has a log of tens of MB),
+    and only when the file's size or modification time changed since the last call."""
+    try:
+        info = Path(metrics).stat()
+    except OSError:
         return UNKNOWN
-    return events[-1] if events[-1] in ENDINGS else RUNNING
+    return _status(str(metrics), info.st_size, info.st_mtime_ns)
+
+
+STATUS_WINDOW = 65_536
+
+
+@functools.lru_cache(maxsize=1024)
+def _status(path: str, size: int, mtime_ns: int) -> str:
+    tail = _events(path, max(0, size - STATUS_WINDOW), skip_partial=size > STATUS_WINDOW)
+    if tail:
+        return tail[-1] if tail[-1] in ENDINGS else RUNNING
+    # no event near the end: steps logged after the start, or no events at all
+    return RUNNING if size > STATUS_WINDOW and _events(path, 0) else UNKNOWN
+
+
+def _events(path: str, offset: int, skip_partial: bool = False) -> list[str]:
+    """The event names in STATUS_WINDOW bytes of a log from `offset` (a first line cut in half is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read(STATUS_WINDOW).split(b"\n")
+    except OSError:
+        return []
+    names = []
+    for line in lines[1:] if skip_partial else lines:
+        if b'"event"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if valid_record(record) and record["kind"] == EVENT:
+            names.append(record["event"])
+    return names
 
 
 def parse_seed_log(text: str) -> LogRead:

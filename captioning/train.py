@@ -25,6 +25,7 @@ from captioning.config import TrainConfig, check_types
 from captioning.data import warn_skipped
 from captioning.datasets import batches_for_epoch
 from captioning.device import resolve_device
+from captioning.features import ExtractionStopped
 from captioning.phases import CrossEntropyPhase
 from captioning.trainrun import Run, build_run
 from captioning.validate import validate
@@ -119,10 +120,22 @@ def fit(
         with _own_folder(folder, ctx, resume):
             if resume and resume_ckpt is None and ctx.rank == 0:
                 folder.metrics.unlink(missing_ok=True)  # the records of an attempt that saved nothing
-            run = build_run(cfg, ctx, device, resume_ckpt, progress, cb.on_phase)
+            try:
+                run = build_run(cfg, ctx, device, resume_ckpt, progress, cb.on_phase, cb.should_stop)
+            except ExtractionStopped:
+                return _stopped_before_training(cfg, ctx, folder)
             return train(run, resume_ckpt, cb)
     finally:
         dist.teardown(ctx)
+
+
+def _stopped_before_training(cfg: TrainConfig, ctx: dist.DistContext, folder: rundir.RunDir) -> FitResult:
+    """Stopped on request while features were extracted: the finished shards are cached, and a resume
+    (with no last.pt yet) starts the run again, extracting only what is missing."""
+    if ctx.rank == 0:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        rundir.RunLog(folder.metrics).event(rundir.STOPPED, 0, 0, during="features")
+    return FitResult(rundir.STOPPED, 0, 0, None, folder.path)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from captioning.config import add_arguments, config_from_args
+from captioning.config import SHARD_IMAGES, add_arguments, config_from_args
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -19,16 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:  # the run's own settings, but for what was asked for again
         cfg = resume_config(cfg.out, **{k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k) is not None})
     rank0 = distributed.setup(cfg.device).rank == 0  # under torchrun only rank 0 draws a bar
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping: saving a resumable checkpoint (Ctrl-C again to abort)...", flush=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    stop = _stop_on_signals("saving a resumable checkpoint")
     bar = None
 
     def on_step(record: dict) -> None:
@@ -62,25 +53,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals(doing: str) -> threading.Event:
+    """An event set by the first Ctrl-C or SIGTERM (the work stops cleanly); a second Ctrl-C aborts."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nstopping: {doing} (Ctrl-C again to abort)...", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stop
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
+    from captioning import distributed
     from captioning.data import CocoSplit
     from captioning.device import resolve_device
-    from captioning.features import build_cache
+    from captioning.features import ExtractionStopped, build_cache
     from captioning.model import DECODER_CLASSES
 
     split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
     kind = DECODER_CLASSES[args.decoder].feature_kind
-    store = build_cache(
-        split,
-        args.backbone,
-        kind,
-        views=2 if args.flip else 1,
-        cache_dir=args.cache_dir,
-        device=resolve_device(args.device),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
-    print(f"{len(store.ids)} images of {args.split} cached ({args.backbone}, {kind}) under {args.cache_dir}")
+    ctx = distributed.setup(args.device)  # under torchrun every rank extracts its own shards
+    stop = _stop_on_signals("keeping the finished shards")
+    try:
+        store = build_cache(
+            split,
+            args.backbone,
+            kind,
+            views=2 if args.flip else 1,
+            cache_dir=args.cache_dir,
+            device=ctx.device if ctx.world > 1 else resolve_device(args.device),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=ctx.rank == 0,
+            should_stop=stop.is_set,
+            ctx=ctx,
+            shard_images=args.shard_images,
+        )
+    except ExtractionStopped as exc:
+        print(f"{exc}: run the same command again", flush=True)
+        return 0
+    finally:
+        distributed.teardown(ctx)
+    if ctx.rank == 0:
+        print(f"{len(store.ids)} images of {args.split} cached ({args.backbone}, {kind}) under {args.cache_dir}")
     return 0
 
 
@@ -102,5 +122,21 @@ def add_extract_features(sub) -> None:
     add_arguments(
         p, only=("coco_root", "backbone", "decoder", "flip", "cache_dir", "device", "num_workers"), defaults=True
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per CNN batch (default: 32)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per CNN batch (default: 32)")
+    p.add_argument(
+        "--shard-images",
+        type=_positive,
+        default=SHARD_IMAGES,
+        help=f"images per shard, the most a kill can lose (default: {SHARD_IMAGES})",
+    )
     p.set_defaults(func=cmd_extract)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value

@@ -3,6 +3,7 @@ feature stores and phases as one `Run`."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -52,8 +53,10 @@ def build_run(
     resume_ckpt: dict | None,
     progress: bool = False,
     on_phase: Callable[[str, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Run:
-    """Data, model, vocabulary, feature stores and phases; rank 0 writes config.json and vocab.json."""
+    """Data, model, vocabulary, feature stores and phases; rank 0 writes config.json and vocab.json.
+    Raises features.ExtractionStopped when `should_stop` says so while features are extracted."""
     torch.manual_seed(cfg.seed)
     train_split = CocoSplit.load(Path(cfg.coco_root), cfg.train_split, _path(cfg.train_ids))
     val = CocoSplit.load(Path(cfg.coco_root), cfg.val_split, _path(cfg.val_ids)) if cfg.val_split else None
@@ -65,10 +68,14 @@ def build_run(
         config = {"train": cfg.to_dict(), "model": model.cfg.to_dict(), "world_size": ctx.world}
         atomic_write_text(folder.config, json.dumps(config, indent=2))
         vocab.save(folder.vocab)
-    stores = {} if cfg.end_to_end else _feature_stores(cfg, model, train_split, val, ctx, device, progress, on_phase)
+    stores = (
+        {}
+        if cfg.end_to_end
+        else _feature_stores(cfg, model, train_split, val, ctx, device, progress, on_phase, should_stop)
+    )
     use_amp = cfg.amp and device.type == "cuda"
     xe = CrossEntropyPhase.create(cfg, train_split, vocab, model, stores.get("train"), ctx.world, use_amp)
-    scst = SelfCriticalPhase.create(cfg, train_split, vocab, stores["train"], ctx.world) if cfg.scst_epochs else None
+    scst = SelfCriticalPhase.create(cfg, train_split, vocab, stores["train"], ctx) if cfg.scst_epochs else None
     xe_steps = cfg.epochs * xe.steps_per_epoch
     total = min(xe_steps + cfg.scst_epochs * (scst.steps_per_epoch if scst else 0), cfg.max_steps or 10**12)
     xe.total_steps = min(xe_steps, total)  # what the cross-entropy lr schedule spans
@@ -95,15 +102,16 @@ def _model_and_vocab(cfg: TrainConfig, train: CocoSplit, base: dict | None) -> t
     return CaptionModel.create(mcfg, pretrained=True, with_backbone=cfg.end_to_end), vocab
 
 
-def _feature_stores(cfg, model, train, val, ctx, device, progress, on_phase) -> dict[str, FeatureStore]:
-    """Rank 0 extracts whatever is not cached yet, the others wait and then read the same cache."""
+def _feature_stores(cfg, model, train, val, ctx, device, progress, on_phase, should_stop) -> dict[str, FeatureStore]:
+    """Every rank extracts its share of whatever is not cached yet, then all read the same cache."""
     kind, stores = feature_kind(model.cfg), {}
-
-    def store(name: str, split: CocoSplit, views: int, rank0: bool) -> FeatureStore:
+    for name, split, views in (("train", train, 2 if cfg.flip else 1), ("val", val, 1)):
+        if split is None:
+            continue
         on_batch = None
-        if rank0 and on_phase:
-            on_batch = lambda done, total: on_phase(f"features {name}", done, total)
-        return build_cache(
+        if ctx.rank == 0 and on_phase:
+            on_batch = functools.partial(on_phase, f"features {name}")
+        stores[name] = build_cache(
             split,
             model.cfg.backbone,
             kind,
@@ -111,18 +119,11 @@ def _feature_stores(cfg, model, train, val, ctx, device, progress, on_phase) -> 
             cache_dir=Path(cfg.cache_dir),
             device=device,
             num_workers=cfg.num_workers,
-            progress=progress and rank0,
+            progress=progress and ctx.rank == 0,
             on_batch=on_batch,
+            should_stop=should_stop,
+            ctx=ctx,
         )
-
-    for name, split, views in (("train", train, 2 if cfg.flip else 1), ("val", val, 1)):
-        if split is None:
-            continue
-        if ctx.rank == 0:
-            stores[name] = store(name, split, views, True)
-        dist.barrier(ctx)
-        if ctx.rank != 0:
-            stores[name] = store(name, split, views, False)
     return stores
 
 
