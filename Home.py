@@ -22,16 +22,23 @@ model = ui.captioner(entry.path)
 cfg = model.info.get("model_config", {})
 st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?')} decoder, {len(model.vocab)} words")
 
-files = st.file_uploader(
+drop, gallery = st.columns([3, 2], gap="large")
+files = drop.file_uploader(
     "Images",
     type=ui.IMAGE_UPLOADS,
     accept_multiple_files=True,
     help="JPG, PNG, WebP, BMP, GIF or TIFF; several at once are fine",
 )
-shot = st.camera_input("Take a picture") if st.toggle("Use the camera") else None
+shot = drop.camera_input("Take a picture") if drop.toggle("Use the camera") else None
+example = ui.example_picker(gallery)
 uploads = [(f.name, f.getvalue()) for f in files or []] + ([("camera.jpg", shot.getvalue())] if shot else [])
+references = {}
+if example is not None:
+    name = f"COCO {example.image_id} (example)"
+    uploads.insert(0, (name, example.path.read_bytes()))
+    references[name] = example.references
 if not uploads:
-    st.info("Drag and drop one or more images onto the box above (or click **Upload**) to caption them.")
+    drop.info("Drag and drop one or more images onto the box above (or click **Upload**), or pick an example.")
     st.stop()
 
 results = ui.caption_uploads(model, entry.path, uploads, decoding)
@@ -51,6 +58,15 @@ for k, result in enumerate(results):
     left.image(result.image, caption=result.name, width="stretch")
     right.markdown(f"### {cap.text}")
     right.html(word_confidence_html(cap.words, cap.word_probs))
+    if cap.tags:
+        seen = " \u00b7 ".join(f"{ui.plain(label, 40)} {100 * p:.0f}%" for label, p in cap.tags)
+        right.caption(
+            f"What the encoder sees: {seen}",
+            help="the frozen CNN's own ImageNet classes for this image, with their probabilities",
+        )
+    if result.name in references:
+        right.markdown("**Reference captions** (written by people for COCO)")
+        right.markdown("\n".join(f"- {ui.plain(r, 200)}" for r in references[result.name]))
     tabs = right.tabs(["Word probabilities", "Alternatives"] + (["Attention"] if cap.attention else []))
     tabs[0].altair_chart(word_probability_chart(cap.words, cap.word_probs), width="stretch")
     if len(cap.alternatives) > 1:

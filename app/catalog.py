@@ -2,13 +2,14 @@
 
 Locations come from the environment so a test or a deployment can point elsewhere:
 CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`),
-CAPTIONING_DATA_DIR (where COCO roots live, default `data/`), COCO_ROOT (one more root). The app reads
-data from these roots only: a browser can pick among them, never type a server path.
+CAPTIONING_DATA_DIR (where COCO roots live, default `data/`), COCO_ROOT (one more root), and the embedded
+sample. The app reads data from these roots only: a browser can pick among them, never type a server path.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from captioning import rundir
 from captioning.checkpoint import CheckpointError, load_checkpoint
+from captioning.data import SAMPLE_ROOT
 from captioning.inference import DEFAULT_CHECKPOINT
 
 PROJECT_ROOT = DEFAULT_CHECKPOINT.parent.parent
@@ -67,17 +69,61 @@ def _is_root(path: Path) -> bool:
 
 def coco_roots() -> list[Path]:
     """The COCO roots the app may read: $COCO_ROOT, then every root in the data folder (itself or a
-    folder directly inside it, e.g. data/coco)."""
+    folder directly inside it, e.g. data/coco), then the embedded sample (the default when there is no other)."""
     found = []
     if os.environ.get("COCO_ROOT"):
         found.append(Path(os.environ["COCO_ROOT"]))
     data = data_dir()
     found += [data] + (sorted(p for p in data.iterdir() if not p.name.startswith(".")) if data.is_dir() else [])
+    found.append(sample_root())
     roots: list[Path] = []
     for path in found:
         if _is_root(path) and path.resolve() not in {r.resolve() for r in roots}:
             roots.append(path)
     return roots
+
+
+def sample_root() -> Path:
+    """The embedded COCO sample, shipped inside the package ($CAPTIONING_SAMPLE_DIR overrides it, for tests)."""
+    return Path(os.environ.get("CAPTIONING_SAMPLE_DIR") or SAMPLE_ROOT)
+
+
+def is_sample(root: Path | str) -> bool:
+    try:
+        return Path(root).resolve() == sample_root().resolve()
+    except OSError:
+        return False
+
+
+def root_label(root: Path | str) -> str:
+    """How the Dataset box names a root: the embedded sample by name, others by path."""
+    return "Embedded COCO sample (150 train, 60 val)" if is_sample(root) else str(root)
+
+
+@dataclass(frozen=True)
+class Example:
+    """An image of the embedded sample's val split that Home offers to caption, with its references."""
+
+    image_id: int
+    path: Path
+    references: tuple[str, ...]
+
+
+def examples() -> list[Example]:
+    """Home's example images: those `examples.json` of the sample names (else its first 8 val images)."""
+    from captioning.data import CocoSplit, DatasetError
+
+    root = sample_root()
+    try:
+        split = CocoSplit.load(root, "val")
+    except (DatasetError, OSError):
+        return []
+    try:
+        wanted = json.loads((root / "examples.json").read_text(encoding="utf-8"))["val"]
+        ids = [i for i in wanted if i in split.files]
+    except (OSError, ValueError, KeyError, TypeError):
+        ids = split.ids[:8]
+    return [Example(i, split.files[i], tuple(split.captions[i])) for i in ids]
 
 
 def runs_dir() -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import catalog
+from app import catalog, downloads
 from app.jobs import JobManager
+from captioning import rundir
 from captioning.checkpoint import CheckpointError
 from captioning.data import (
     DOWNLOAD_HINT,
@@ -127,7 +128,18 @@ def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:
         )
         st.stop()
     shown = {str(r): r for r in roots}
-    root = st.sidebar.selectbox("Dataset", list(shown), help=f"COCO roots in {catalog.data_dir()} and $COCO_ROOT")
+    root = st.sidebar.selectbox(
+        "Dataset",
+        list(shown),
+        format_func=catalog.root_label,
+        help=f"COCO roots in {catalog.data_dir()}, $COCO_ROOT and the embedded sample",
+    )
+    if catalog.is_sample(root):
+        st.sidebar.caption(
+            "The embedded sample: 210 COCO images with free licenses and their official captions "
+            "(attribution in `captioning/sample/ATTRIBUTION.csv`). For full COCO, download it (Browse offers a "
+            f"sample of val2017), or run `{DOWNLOAD_HINT.format(root='data/coco')}` and `--split train2017`."
+        )
     splits = available_splits(shown[root])
     if not splits:
         st.info(f"`{root}` has annotation files but none with its image folder beside it.")
@@ -166,3 +178,85 @@ def caption_uploads(model: Captioner, path: Path, uploads: list[tuple[str, bytes
                 memo[key] = result
     st.session_state["caption_memo"] = {k: memo[k] for k in keys}  # forget images no longer uploaded
     return [memo[k] for k in keys]
+
+
+def run_log(path: Path) -> rundir.LogRead:
+    """A run's parsed metrics.jsonl, parsed again only when the file's size or modification time changes."""
+    try:
+        info = path.stat()
+    except OSError:
+        return rundir.LogRead()
+    return _run_log(str(path), info.st_size, info.st_mtime_ns)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run_log(path: str, size: int, mtime_ns: int) -> rundir.LogRead:
+    return rundir.read_log(Path(path))
+
+
+@st.cache_data(show_spinner=False)
+def _examples(sample: str) -> list[catalog.Example]:  # keyed by the sample's folder
+    return catalog.examples()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _square(path: str, side: int = 192):
+    """A square centre crop, so the example grid lines up whatever each photo's shape."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        return ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.LANCZOS)
+
+
+def example_picker(box) -> catalog.Example | None:
+    """A grid of the sample's example images in `box`, each with a button that picks it; the picked one."""
+    examples = _examples(str(catalog.sample_root()))
+    if not examples:
+        return None
+    box.markdown("**Or try an example** (COCO val images the model was not trained on)")
+    for row in range(0, len(examples), 4):
+        for col, example in zip(box.columns(4), examples[row : row + 4]):
+            col.image(_square(str(example.path)), width="stretch")
+            if col.button("Caption", key=f"example-{example.image_id}", width="stretch"):
+                st.session_state["example"] = example.image_id
+    chosen = next((e for e in examples if e.image_id == st.session_state.get("example")), None)
+    if chosen is not None and box.button("Clear the example", icon=":material/close:", type="tertiary"):
+        st.session_state.pop("example", None)
+        return None
+    return chosen
+
+
+@st.cache_resource
+def download_manager(data: str) -> downloads.DownloadManager:
+    return downloads.DownloadManager(Path(data), Path(data) / "coco")
+
+
+def download_panel(expanded: bool) -> None:
+    """Browse's offer to download COCO val2017 (a limit of images, and the annotations) into data/coco, with a
+    live progress bar; offline, a message saying so."""
+    manager = download_manager(str(catalog.data_dir()))
+    with st.expander("Download COCO val2017 into data/coco (needs internet)", expanded=expanded):
+        status = manager.status()
+        if status is not None and status.running:
+            _download_progress(manager)
+            return
+        if status is not None and status.message:
+            st.caption(f"Last download: {plain(status.message, 200)}")
+        limit = st.number_input("Images", 1, downloads.MAX_IMAGES, 500, step=100, help="the first N images by id")
+        if st.button("Download", icon=":material/download:"):
+            with st.spinner("Checking the connection..."):
+                problem = manager.start(int(limit))
+            if problem:
+                st.warning(problem)
+            else:
+                st.rerun()
+
+
+@st.fragment(run_every=1)
+def _download_progress(manager: downloads.DownloadManager) -> None:
+    status = manager.status()
+    if status is None or not status.running:
+        st.rerun()
+    fraction = status.done / status.total if status.done is not None and status.total else 0.0
+    text = f"{status.done}/{status.total} images" if status.total else "fetching the annotations..."
+    st.progress(min(fraction, 1.0), text=f"Downloading: {text}")

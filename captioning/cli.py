@@ -76,6 +76,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
                     "logprob": cap.logprob,
                     "words": [{"word": w, "prob": p} for w, p in zip(cap.words, cap.word_probs)],
                     "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
+                    "tags": [{"label": label, "prob": p} for label, p in cap.tags],  # the encoder's ImageNet top 5
                 }
             )
         else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from captioning import concepts
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.data import ImageLoadError, load_image, to_rgb
 from captioning.decoding import Hypothesis, check_decoding, decode
@@ -30,6 +31,7 @@ class Caption:
     alternatives: list[Hypothesis] = field(default_factory=list, repr=False)  # beam results, best first
     attention: list[torch.Tensor] | None = field(default=None, repr=False)  # (h, w) per word
     grid_size: tuple[int, int] | None = None
+    tags: list[tuple[str, float]] = field(default_factory=list)  # what the encoder sees: top ImageNet classes
 
 
 class Captioner:
@@ -76,8 +78,19 @@ class Captioner:
             feats = self.features(images[start : start + batch_size])
             groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats)
             grid = self._grid_size(feats)
-            out += [self._to_caption(hyps, grid) for hyps in groups]
+            tags = self._tags(feats)
+            out += [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
         return out
+
+    TAGS = 5  # ImageNet classes shown per image
+
+    def _tags(self, feats: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """The encoder's own top ImageNet classes per image (none for a backbone without its head)."""
+        backbone = self.model.cfg.backbone
+        if not concepts.has_head(backbone):
+            return [[] for _ in range(feats.size(0))]
+        pooled = feats.mean(dim=1) if feats.dim() == 3 else feats  # a grid's mean is the pooled feature
+        return concepts.top_concepts(pooled, backbone, self.TAGS)
 
     def _grid_size(self, feats: torch.Tensor) -> tuple[int, int] | None:
         if feature_kind(self.model.cfg) != "grid":

@@ -4,10 +4,10 @@ import math
 
 import streamlit as st
 
-from app import ui
+from app import catalog, ui
 from app.render import order_ids, tile_text
 from captioning.data import search_captions
-from captioning.evaluate import score_images
+from captioning.evaluate import iter_scores
 
 PER_PAGE = 12
 ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first": "BLEU-4"}
@@ -15,6 +15,8 @@ ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first"
 st.set_page_config(page_title="Browse dataset", page_icon=":frame_with_picture:", layout="wide")
 st.title("Browse the dataset")
 root, split_name = ui.coco_picker()
+if catalog.is_sample(root) or not (catalog.data_dir() / "coco").is_dir():
+    ui.download_panel(expanded=False)
 split = ui.split_or_stop(root, split_name)
 entry = ui.model_picker(required=False)
 decoding = ui.decoding_controls() if entry else {}
@@ -24,11 +26,12 @@ scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # im
 
 
 def score(ids: list[int]) -> None:
-    bar = st.progress(0.0, text=f"Captioning {len(ids)} images...")
-    progress = lambda done, total: bar.progress(
-        done / total, f"Captioned {done}/{total}" + "; scoring..." * (done == total)
-    )
-    scores.update(score_images(model, split, ids, on_batch=progress, **decoding))
+    """Caption and score `ids` a chunk at a time, keeping each chunk's scores at once: a click elsewhere
+    interrupts the script, and what was scored by then stays."""
+    bar = st.progress(0.0, text=f"Captioning and scoring {len(ids)} images...")
+    for part, done in iter_scores(model, split, ids, **decoding):
+        scores.update(part)
+        bar.progress(done / len(ids), f"Scored {done}/{len(ids)} (scores so far are kept if you click away)")
     bar.empty()
 
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 from app import catalog, ui
 from app.charts import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
-from captioning.rundir import parse_seed_log, read_log
+from captioning.rundir import parse_seed_log
 
 SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
 
@@ -25,7 +25,7 @@ chosen = pick.multiselect(
 uploaded = upload.file_uploader("Or plot a seed-project log", type=ui.TEXT_UPLOADS, help=f"lines like: {SEED_EXAMPLE}")
 smoothing = st.sidebar.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, help="0 shows the raw loss")
 
-logs = {runs[label].name: read_log(runs[label].metrics) for label in chosen}
+logs = {runs[label].name: ui.run_log(runs[label].metrics) for label in chosen}
 if uploaded is not None:
     name = f"upload: {uploaded.name[:60]}"
     logs[name] = parse_seed_log(uploaded.getvalue().decode("utf-8", errors="replace"))
@@ -69,3 +69,9 @@ else:
         col.altair_chart(line_chart(df, "epoch", metric, f"Validation {metric}", points=True), width="stretch")
 
 st.dataframe(runs_summary(records), hide_index=True)
+downloads = st.columns(max(len(chosen), 1))
+for col, label in zip(downloads, chosen):  # the raw records, every point: the charts draw at most 2,000 a run
+    run = runs[label]
+    col.download_button(f"{ui.plain(run.name)}: metrics.jsonl", data=lambda path=run.metrics: path.read_bytes(),
+                        file_name=f"{run.name}-metrics.jsonl", mime="application/x-ndjson", on_click="ignore",
+                        key=f"raw-{run.name}")  # fmt: skip

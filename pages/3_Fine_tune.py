@@ -65,6 +65,11 @@ if not checkpoints:
 root, split = ui.coco_picker(prefer="train", label="Training split")
 st.session_state.setdefault("run_name", default_name())
 with st.form("launch"):
+    if catalog.is_sample(root):
+        st.caption(
+            "Training on the embedded sample (150 images): a 200-step fine-tune takes a minute or two on a CPU. "
+            "It is a demonstration of the workflow, not a way to a better model; that needs full COCO."
+        )
     bases = {c.label: c.path for c in checkpoints}
     base = st.selectbox("Base checkpoint", list(bases), help="training continues from this model and keeps its words")
     name = st.text_input("Run name", key="run_name", help="letters, digits, - and _; saved under runs/NAME")

@@ -19,13 +19,18 @@ PAGES = {
 
 
 def point_app(monkeypatch, tmp_path: Path, checkpoint: Path | None = None, coco: Path | None = None,
-              runs: Path | None = None, cache: Path | None = None) -> Path:  # fmt: skip
-    """Set the environment the pages read; a missing checkpoint or COCO root points at nothing. Returns runs."""
+              runs: Path | None = None, cache: Path | None = None, sample: bool = False) -> Path:  # fmt: skip
+    """Set the environment the pages read; a missing checkpoint or COCO root points at nothing, and so does the
+    embedded sample unless `sample`. Returns runs."""
     runs = runs or tmp_path / "runs"
     monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(checkpoint or tmp_path / "no-model" / "default.pt"))
     monkeypatch.setenv("CAPTIONING_RUNS_DIR", str(runs))
     monkeypatch.setenv("COCO_ROOT", str(coco or tmp_path / "no-coco"))
     monkeypatch.setenv("CAPTIONING_DATA_DIR", str(tmp_path / "no-data"))  # no other root than COCO_ROOT
+    if sample:
+        monkeypatch.delenv("CAPTIONING_SAMPLE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("CAPTIONING_SAMPLE_DIR", str(tmp_path / "no-sample"))
     if cache is not None:
         monkeypatch.setenv("CAPTIONING_CACHE_DIR", str(cache))
     return runs

@@ -6,6 +6,7 @@ Needs /usr/bin/chromium (`apt-get install -y chromium`); Playwright's own browse
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -44,10 +45,22 @@ def server(tiny_checkpoint, tiny_run, tiny_coco, tiny_cache_dir, tmp_path_factor
     """A live server on a free port, pointed at the tiny model, a copy of its run and the tiny dataset."""
     tmp = tmp_path_factory.mktemp("browser")
     shutil.copytree(tiny_run, tmp / "runs" / "tiny-run")
+    yield from _serve(tmp, {"CAPTIONING_CHECKPOINT": str(tiny_checkpoint), "CAPTIONING_RUNS_DIR": str(tmp / "runs"),
+                            "COCO_ROOT": str(tiny_coco), "CAPTIONING_CACHE_DIR": str(tiny_cache_dir)})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run_server(tmp_path_factory):
+    """A server as a fresh clone runs it: the shipped model, no dataset but the embedded sample, no runs."""
+    tmp = tmp_path_factory.mktemp("first-run")
+    env = {"CAPTIONING_RUNS_DIR": str(tmp / "runs"), "CAPTIONING_DATA_DIR": str(tmp / "data"),
+           "CAPTIONING_CACHE_DIR": str(tmp / "cache")}  # fmt: skip
+    yield from _serve(tmp, env, drop=("COCO_ROOT", "CAPTIONING_CHECKPOINT", "CAPTIONING_SAMPLE_DIR"))
+
+
+def _serve(tmp: Path, settings: dict, drop: tuple[str, ...] = ()):
     port = free_port()
-    env = {**__import__("os").environ, "CAPTIONING_CHECKPOINT": str(tiny_checkpoint),
-           "CAPTIONING_RUNS_DIR": str(tmp / "runs"), "COCO_ROOT": str(tiny_coco),
-           "CAPTIONING_CACHE_DIR": str(tiny_cache_dir)}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in drop} | settings
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
@@ -142,4 +155,36 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
         expect(page.get_by_role("button", name="Fine-tune on train")).to_be_visible()
         settle(page)
         page.screenshot(path=ARTIFACTS / "fine-tune.png", full_page=True)
+        browser.close()
+
+
+def test_a_first_run_clicks_an_example_on_home_and_browses_the_sample(first_run_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = first_run_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(90_000)
+        expect.set_options(timeout=90_000)
+        page.goto(url)
+        expect(page.get_by_text("Or try an example")).to_be_visible()
+        page.get_by_role("button", name="Caption", exact=True).first.click()
+        expect(page.locator("h3")).to_have_count(1)
+        expect(page.get_by_text("Reference captions")).to_be_visible()
+        assert len(page.locator("h3").inner_text().split()) >= 3
+        settle(page, 1000)
+        page.screenshot(path=ARTIFACTS / "home-example.png")
+        docs = REPO / "docs" / "home.png"
+        if os.environ.get("CAPTIONING_UPDATE_DOCS") or not docs.is_file():  # the README's screenshot
+            docs.parent.mkdir(exist_ok=True)
+            shutil.copyfile(ARTIFACTS / "home-example.png", docs)
+
+        page.get_by_role("link", name="Browse dataset").click()
+        expect(page.get_by_role("heading", name="Browse the dataset")).to_be_visible()
+        expect(page.get_by_text("60 of 60 images in val match")).to_be_visible()
+        expect(page.get_by_text("No COCO captions")).to_have_count(0)
+        settle(page)
+        page.screenshot(path=ARTIFACTS / "browse-sample.png", full_page=True)
         browser.close()
