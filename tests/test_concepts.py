@@ -66,3 +66,64 @@ def test_home_shows_what_the_encoder_sees(tiny_checkpoint, monkeypatch, tmp_path
     assert not at.exception
     shown = text(at)
     assert "What the encoder sees:" in shown and "%" in shown.split("What the encoder sees:")[1]
+
+
+@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+def test_a_concept_model_trains_through_the_cache_round_trips_and_beam_1_is_greedy(
+    decoder, tiny_coco, tiny_cache_dir, tmp_path
+):
+    from captioning.checkpoint import load_checkpoint, model_from_checkpoint
+    from captioning.config import TrainConfig
+    from captioning.decoding import decode
+    from captioning.inference import Captioner
+    from captioning.train import fit
+
+    out = tmp_path / decoder
+    result = fit(TrainConfig.of(coco_root=str(tiny_coco), out=str(out), decoder=decoder, concepts="init", epochs=2,
+                                batch_size=16, vocab_threshold=1, cache_dir=str(tiny_cache_dir), num_workers=0,
+                                scst_epochs=1, scst_batch_size=8, seed=0))  # fmt: skip
+    assert result.status == "finished"
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["model_config"]["concepts"] == "init"
+    assert not any("head_" in k for k in ckpt["decoder_state"])  # the frozen head is not saved, the projection is
+    assert any(k.startswith("concepts.project") for k in ckpt["decoder_state"])
+    model, vocab = model_from_checkpoint(ckpt, with_backbone=False)
+    split = CocoSplit.load(tiny_coco, "val")
+    from captioning.features import build_cache
+
+    kind = "grid" if decoder == "attention" else "pooled"
+    store = build_cache(split, "efficientnet_lite0", kind, cache_dir=tiny_cache_dir, progress=False, num_workers=0)
+    feats = store.get(split.ids[:4])
+    greedy = [h[0].ids for h in decode(model.decoder.eval(), feats, vocab, "greedy")]
+    beam1 = [h[0].ids for h in decode(model.decoder, feats, vocab, "beam", beam_size=1)]
+    assert greedy == beam1
+    captioner = Captioner.from_checkpoint(out / "best.pt", device="cpu")
+    image = load_image(split.files[split.ids[0]])
+    assert captioner.caption([image], "greedy")[0].words == [vocab.itos[i] for i in greedy[0] if i != vocab.end_id]
+
+
+def test_concepts_change_what_the_decoder_starts_from():
+    from captioning.config import ModelConfig
+    from captioning.model import CaptionModel
+
+    torch.manual_seed(0)
+    model = CaptionModel.create(ModelConfig(vocab_size=20, concepts="init"), pretrained=False, with_backbone=False)
+    feats = torch.rand(2, 1280)
+    with_concepts = model.decoder.init_state(feats)["h"]
+    model.decoder.concepts.project.weight.data.zero_()
+    model.decoder.concepts.project.bias.data.zero_()
+    assert with_concepts.shape == (2, 512) and not torch.equal(with_concepts, model.decoder.init_state(feats)["h"])
+
+
+def test_an_old_checkpoint_without_the_concepts_field_captions_identically(tiny_checkpoint, tmp_path):
+    from captioning.checkpoint import load_checkpoint
+    from captioning.inference import Captioner
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    old = {**ckpt, "model_config": {k: v for k, v in ckpt["model_config"].items() if k != "concepts"}}
+    torch.save(old, tmp_path / "old.pt")  # as checkpoints were written before the option existed
+    before = Captioner.from_checkpoint(tmp_path / "old.pt", device="cpu")
+    now = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert before.model.cfg.concepts == "none" and before.model.decoder.concepts is None
+    a, b = before.caption([_photo()], "beam", 3)[0], now.caption([_photo()], "beam", 3)[0]
+    assert a.text == b.text and a.word_probs == b.word_probs
