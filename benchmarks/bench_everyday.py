@@ -1,7 +1,7 @@
 """Does the caption name the subject of everyday photos outside COCO? The check set of `everyday.py`, captioned
 by a model, beside what its frozen encoder's own ImageNet head says about the same input.
 
-Run: .venv/bin/python -m benchmarks.bench_everyday [--checkpoint checkpoints/default.pt] [--dest cache/everyday]
+Run: .venv/bin/python -m benchmarks.bench_everyday [--checkpoint CKPT] [--dest cache/everyday] [--guide BONUS]
 
 A caption counts as naming the subject when it holds one of the photo's subject words (plurals included); the
 encoder's top-5 ImageNet labels are scored the same way, which bounds what guiding the decoder by the
@@ -29,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--dest", type=Path, default=Path("cache/everyday"))
+    parser.add_argument(
+        "--guide", type=float, default=0.0, help="guided decoding's bonus (0: off; needs concept words)"
+    )
     args = parser.parse_args()
     collect(args.dest)
     captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
@@ -41,7 +44,7 @@ def main() -> None:
         except ImageLoadError as exc:
             print(f"| {name} | (unreadable: {exc}) | | | |")
             continue
-        cap = captioner.caption([image])[0]
+        cap = captioner.caption([image], guide=args.guide)[0]
         tags = ", ".join(f"{label} {p:.2f}" for label, p in cap.tags)
         hit, tag_hit = names_subject(cap.text, words), any(names_subject(t, words) for t, _ in cap.tags)
         hits, tag_hits, n = hits + hit, tag_hits + tag_hit, n + 1

@@ -105,6 +105,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     for key in ("metrics", "provenance", "backbone"):
         if not isinstance(ckpt.get(key) or {}, dict):
             raise CheckpointError(f"{path} has a malformed '{key}'")
+    words = ckpt.get("concept_words") or {}
+    well_formed = isinstance(words, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(w, str) for w in v) for k, v in words.items()
+    )
+    if not well_formed:
+        raise CheckpointError(f"{path} has a malformed 'concept_words' (class index -> list of words)")
     return ckpt
 
 

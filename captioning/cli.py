@@ -13,9 +13,11 @@ from pathlib import Path
 
 from captioning.backbones import BackboneError
 from captioning.checkpoint import CheckpointError
+from captioning.config import DEFAULT_CACHE_DIR
 from captioning.data import CocoSplit, DatasetError, ImageLoadError, load_image
 from captioning.decoding import METHODS
 from captioning.download import DEFAULT_BASE_URL, SPLITS, DownloadError, download_coco
+from captioning.guidance import BONUS as GUIDE_BONUS
 from captioning.inference import DEFAULT_CHECKPOINT
 from captioning.train_cli import add_extract_features, add_train
 
@@ -51,6 +53,16 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
         help="let a caption echo itself (blocked by default: the same three words twice, 'a cell phone on a cell "
         "phone', or a phrase's head again, 'a cat on a table with a table')",
     )
+    p.add_argument(
+        "--guide",
+        type=float,
+        nargs="?",
+        const=GUIDE_BONUS,
+        default=0.0,
+        metavar="BONUS",
+        help="guided decoding: when the encoder is confident of an ImageNet class, add BONUS (default "
+        f"{GUIDE_BONUS}) to the log-probability of the words learned for it (needs a checkpoint with concept words)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
 
 
@@ -65,7 +77,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             failed += 1
             continue
         cap = captioner.caption(
-            [image], args.method, args.beam_size, args.max_len, block_repeats=not args.allow_repeats
+            [image], args.method, args.beam_size, args.max_len, block_repeats=not args.allow_repeats, guide=args.guide
         )[0]
         if args.json:
             results.append(
@@ -105,6 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             meteor=False if args.no_meteor else None,
             on_batch=lambda done, total: bar.update(done - bar.n),
             block_repeats=not args.allow_repeats,
+            guide=args.guide,
         )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -210,6 +223,58 @@ def cmd_karpathy_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_concept_words(args: argparse.Namespace) -> int:
+    import torch
+
+    from captioning import concepts
+    from captioning.checkpoint import load_checkpoint, save_checkpoint
+    from captioning.device import resolve_device
+    from captioning.features import build_cache
+    from captioning.guidance import learn_concept_words
+    from captioning.model import feature_kind
+
+    ckpt = load_checkpoint(args.checkpoint)
+    captioner = _load_captioner(args.checkpoint, "cpu")
+    backbone = captioner.model.cfg.backbone
+    concepts.load_head(backbone)  # a clear error for a backbone without one
+    split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
+    kind = feature_kind(captioner.model.cfg)
+    views = 2 if args.flip else 1
+    store = build_cache(
+        split, backbone, kind, views=views, cache_dir=args.cache_dir, device=resolve_device(args.device)
+    )
+    probs = []
+    for start in range(0, len(store.ids), 256):
+        feats = store.get(store.ids[start : start + 256])
+        probs.append(concepts.class_probabilities(feats.mean(1) if feats.dim() == 3 else feats, backbone))
+    labels = concepts.imagenet_labels()
+    words = learn_concept_words(torch.cat(probs), [split.captions[i] for i in store.ids], captioner.vocab, labels)
+    save_checkpoint(args.out or args.checkpoint, {**ckpt, "concept_words": words})
+    shown = sorted(words.items(), key=lambda kv: -len(kv[1]))[:12]
+    for c, ws in shown:
+        print(f"{labels[int(c)]}: {', '.join(ws)}")
+    print(f"{len(words)} ImageNet classes mapped to caption words, saved in {args.out or args.checkpoint}")
+    return 0
+
+
+def add_concept_words(sub) -> None:
+    p = sub.add_parser(
+        "concept-words",
+        help="learn which caption words each ImageNet class stands for (for --guide)",
+        description="From a training split's cached features and captions, learn for each ImageNet class the "
+        "caption words most associated with its probability, and store the map in the checkpoint.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--coco-root", type=Path, required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--ids-file", type=Path)
+    p.add_argument("--cache-dir", type=Path, default=Path(DEFAULT_CACHE_DIR))
+    p.add_argument("--out", type=Path, help="write the checkpoint here (default: in place)")
+    p.add_argument("--flip", action="store_true", help="read the cache train --flip filled (it holds both views)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_concept_words)
+
+
 def add_karpathy_split(sub) -> None:
     p = sub.add_parser(
         "karpathy-split",
@@ -228,6 +293,7 @@ COMMANDS = (
     add_build_vocab,
     add_download,
     add_karpathy_split,
+    add_concept_words,
     add_train,
     add_extract_features,
 )

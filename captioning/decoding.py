@@ -38,17 +38,36 @@ def decode(
     beam_size: int = 3,
     max_len: int = 20,
     block_repeats: bool = True,
+    guide: Guide | None = None,
 ) -> list[list[Hypothesis]]:
     """The one decoding entry point (validation, evaluation, `Captioner`): captions per row of `feats`,
     best first; greedy gives one, beam search `beam_size`.
 
     `block_repeats` forbids echoes: the same three words twice ("a cell phone on a cell phone") or a
-    phrase's head again ("a cat on a table with a table"); see `_block_repeats`.
+    phrase's head again ("a cat on a table with a table"); see `_block_repeats`. `guide` (from
+    `guidance.guide_bonus`) rewards each image's target words until its caption says one.
     """
     check_decoding(method, beam_size, max_len)
     if method == "greedy":
-        return [[h] for h in greedy(decoder, feats, vocab, max_len, block_repeats=block_repeats)]
-    return beam_search(decoder, feats, vocab, beam_size, max_len, block_repeats=block_repeats)
+        return [[h] for h in greedy(decoder, feats, vocab, max_len, block_repeats=block_repeats, guide=guide)]
+    return beam_search(decoder, feats, vocab, beam_size, max_len, block_repeats=block_repeats, guide=guide)
+
+
+Guide = tuple[torch.Tensor, list[list[int]]]  # (B, V) log-probability bonus, each image's target word ids
+
+
+def _guided(logp: torch.Tensor, guide: Guide, histories: list[list[int]], per_image: int = 1) -> torch.Tensor:
+    """Add each row's bonus (row r is image r // per_image) while its history holds none of its targets, and
+    renormalise, so the guided scores stay log-probabilities."""
+    bonus, targets = guide
+    rows = [r for r, h in enumerate(histories) if targets[r // per_image] and not set(h) & set(targets[r // per_image])]
+    if not rows:
+        return logp
+    logp = logp.clone()
+    index = torch.tensor(rows, device=logp.device)
+    images = torch.tensor([r // per_image for r in rows], device=logp.device)
+    logp[index] = torch.log_softmax(logp[index] + bonus.to(logp.device)[images], dim=-1)
+    return logp
 
 
 def check_decoding(method: str, beam_size: int, max_len: int) -> None:
@@ -94,18 +113,34 @@ def _is_participle(word: str) -> bool:
     return len(word) > 4 and word.endswith(("ing", "ed"))
 
 
-def _word_classes(vocab: Vocabulary) -> tuple[list[bool], list[bool]]:
-    """Per vocabulary id: (a function word, marks the word before it as a phrase's head)."""
+def _word_classes(vocab: Vocabulary) -> tuple:
+    """Per vocabulary id: (a function word, marks the word before it as a phrase's head), and with
+    PLURAL_HEADS the singular and plural forms of each word, which the head rule then treats as one."""
     special = {vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id}
     function = [i in special or w in FUNCTION_WORDS for i, w in enumerate(vocab.itos)]
     ends_phrase = [f or _is_participle(w) for f, w in zip(function, vocab.itos)]
-    return function, ends_phrase
+    return (function, ends_phrase, _same_head(vocab)) if PLURAL_HEADS else (function, ends_phrase)
+
+
+PLURAL_HEADS = False  # measured (model card): whether a plural counts as its singular for the head rule
+
+
+def _same_head(vocab: Vocabulary) -> dict[int, list[int]]:
+    """Word id -> the ids of its singular and plural forms in the vocabulary ("motorcycles" <-> "motorcycle")."""
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(vocab.itos):
+        for stem in (w[:-1], w[:-2]) if w.endswith("s") else ():
+            j = vocab.stoi.get(stem)
+            if j is not None and j != i:
+                groups.setdefault(i, [i]).append(j)
+                groups.setdefault(j, [j]).append(i)
+    return groups
 
 
 def _block_repeats(
     logp: torch.Tensor,
     histories: list[list[int]],
-    classes: tuple[list[bool], list[bool]] | None = None,
+    classes: tuple | None = None,
     n: int = REPEAT_NGRAM,
 ) -> torch.Tensor:
     """Forbid each row's next word where it would complete an n-gram the row has already said, or, given
@@ -125,11 +160,13 @@ def _block_repeats(
                     rows.append(r)
                     cols.append(h[i + n - 1])
         if classes is not None and len(h) >= 2 and classes[0][h[-1]]:
-            function, ends_phrase = classes
+            function, ends_phrase = classes[0], classes[1]
+            forms = classes[2] if len(classes) > 2 else {}
             for i in range(len(h) - 1):
                 if not function[h[i]] and ends_phrase[h[i + 1]]:
-                    rows.append(r)
-                    cols.append(h[i])
+                    for form in forms.get(h[i], [h[i]]):
+                        rows.append(r)
+                        cols.append(form)
     if rows:
         logp = logp.clone()
         logp[rows, cols] = float("-inf")
@@ -148,6 +185,7 @@ def greedy(
     max_len: int = 20,
     length_penalty: float = 1.0,
     block_repeats: bool = False,
+    guide: Guide | None = None,
 ) -> list[Hypothesis]:
     """The most probable word at every step, for each of the B images in `feats`."""
     B = feats.size(0)
@@ -159,8 +197,11 @@ def greedy(
     for t in range(max_len + 1):  # up to max_len words, then <end>
         logp, state, alpha = decoder.step(tokens, state)  # (B, V)
         logp = _allowed(logp, vocab, last=t == max_len)
+        history = torch.stack(ids, 1).tolist() if ids and (block_repeats or guide) else [[] for _ in range(B)]
         if block_repeats and ids:
-            logp = _block_repeats(logp, torch.stack(ids, 1).tolist(), classes)
+            logp = _block_repeats(logp, history, classes)
+        if guide is not None and t < max_len:
+            logp = _guided(logp, guide, history)
         best, tokens = logp.max(dim=1)  # (B,)
         ids.append(tokens)
         logps.append(best)
@@ -197,6 +238,7 @@ def beam_search(
     max_len: int = 20,
     length_penalty: float = 1.0,
     block_repeats: bool = False,
+    guide: Guide | None = None,
 ) -> list[list[Hypothesis]]:
     """The `beam_size` best captions for each image, best first by length-normalised score.
 
@@ -219,6 +261,8 @@ def beam_search(
         logp = _allowed(logp, vocab, last=t == max_len)
         if block_repeats:
             logp = _block_repeats(logp, [beam.ids for row in beams for beam in row], classes)
+        if guide is not None and t < max_len:
+            logp = _guided(logp, guide, [beam.ids for row in beams for beam in row], per_image=k)
         V = logp.size(1)
         cand = (scores.unsqueeze(2) + logp.view(B, k, V)).view(B, k * V)  # (B, k*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)

@@ -50,9 +50,14 @@ class Captioner:
     def from_checkpoint(cls, path: Path | str = DEFAULT_CHECKPOINT, device: str = "auto") -> Captioner:
         ckpt = load_checkpoint(Path(path))
         model, vocab = model_from_checkpoint(ckpt, source=str(path))
-        info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance")}
+        info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info["path"] = str(path)
         return cls(model, vocab, device, info)
+
+    @property
+    def can_guide(self) -> bool:
+        """Whether guided decoding is possible: a map from classes to words, and an encoder head to use it."""
+        return bool(self.info.get("concept_words")) and concepts.has_head(self.model.cfg.backbone)
 
     @torch.inference_mode()
     def features(self, images: list[Image.Image]) -> torch.Tensor:
@@ -67,22 +72,38 @@ class Captioner:
         max_len: int = 20,
         batch_size: int = 16,
         block_repeats: bool = True,
+        guide: float = 0.0,
     ) -> list[Caption]:
         """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
 
-        `block_repeats` forbids echoes (see `decoding.decode`).
+        `block_repeats` forbids echoes (see `decoding.decode`); `guide` > 0 adds that much log-probability to
+        the words of a confident ImageNet class (see `guidance`; a ValueError when the checkpoint has no
+        concept words).
         """
         check_decoding(method, beam_size, max_len)
+        if guide and not self.can_guide:
+            raise ValueError(
+                "guided decoding needs a checkpoint with concept words (python -m captioning concept-words) "
+                "and an EfficientNet-Lite encoder"
+            )
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             feats = self.features(images[start : start + batch_size])
-            groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats)
+            hint = self._guide(feats, guide) if guide else None
+            groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats, hint)
             grid = self._grid_size(feats)
             tags = self._tags(feats)
             out += [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
         return out
 
     TAGS = 5  # ImageNet classes shown per image
+
+    def _guide(self, feats: torch.Tensor, bonus: float):
+        from captioning.guidance import guide_bonus
+
+        pooled = feats.mean(dim=1) if feats.dim() == 3 else feats
+        probs = concepts.class_probabilities(pooled, self.model.cfg.backbone)
+        return guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=bonus)
 
     def _tags(self, feats: torch.Tensor) -> list[list[tuple[str, float]]]:
         """The encoder's own top ImageNet classes per image (none for a backbone without its head)."""
