@@ -10,8 +10,6 @@ one).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from app import procs
 from captioning.download import DEFAULT_BASE_URL
-from captioning.io import atomic_write_text
+from captioning.io import atomic_write_text, file_lock
 
 JOB_FILE, LOG_FILE, LOCK_FILE = ".download.json", ".download.log", ".download.lock"
 MAX_IMAGES = 5000  # all of val2017
@@ -62,15 +60,8 @@ class DownloadManager:
         self.job_file, self.log_file = self.data_dir / JOB_FILE, self.data_dir / LOG_FILE
         self._children: list[subprocess.Popen] = []  # the downloads this process started: polled, so none is a zombie
 
-    @contextlib.contextmanager
     def _exclusive(self):
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return file_lock(self.data_dir / LOCK_FILE)  # shared with other server processes
 
     def _process(self) -> procs.ProcessId | None:
         try:

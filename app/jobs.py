@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from captioning import rundir
 from captioning.checkpoint import load_checkpoint
 from captioning.config import TrainConfig
 from captioning.data import available_splits
-from captioning.io import atomic_write_text
+from captioning.io import atomic_write_text, file_lock
 
 JOB_FILE, JOB_LOCK, IDS_FILE = ".active_job.json", ".job.lock", "train_ids.txt"
 MAX_STEPS = 2000  # the app runs short fine-tunes; longer runs belong on the command line
@@ -252,9 +251,7 @@ class JobManager:
     @contextlib.contextmanager
     def _exclusive(self):
         """This manager's lock and the runs folder's file lock, which other server processes share."""
-        self.runs.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.runs / JOB_LOCK, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # held for milliseconds: the others wait rather than fail
+        with self._lock, file_lock(self.runs / JOB_LOCK):  # held for milliseconds: the others wait, not fail
             yield
 
     def status(self, job: Job | None = None) -> JobStatus | None:

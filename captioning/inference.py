@@ -13,6 +13,7 @@ from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.data import ImageLoadError, load_image, to_rgb
 from captioning.decoding import Hypothesis, check_decoding, decode
 from captioning.device import resolve_device
+from captioning.guidance import guide_bonus
 from captioning.model import CaptionModel, feature_kind
 from captioning.vocab import Vocabulary
 
@@ -89,29 +90,20 @@ class Captioner:
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             feats = self.features(images[start : start + batch_size])
-            hint = self._guide(feats, guide) if guide else None
+            probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
+            hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=guide) if guide else None
             groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats, hint)
             grid = self._grid_size(feats)
-            tags = self._tags(feats)
+            tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
             out += [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
         return out
 
     TAGS = 5  # ImageNet classes shown per image
 
-    def _guide(self, feats: torch.Tensor, bonus: float):
-        from captioning.guidance import guide_bonus
-
-        pooled = feats.mean(dim=1) if feats.dim() == 3 else feats
-        probs = concepts.class_probabilities(pooled, self.model.cfg.backbone)
-        return guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=bonus)
-
-    def _tags(self, feats: torch.Tensor) -> list[list[tuple[str, float]]]:
-        """The encoder's own top ImageNet classes per image (none for a backbone without its head)."""
+    def _class_probabilities(self, feats: torch.Tensor) -> torch.Tensor | None:
+        """The encoder's own ImageNet class probabilities (B, 1000), None for a backbone without its head."""
         backbone = self.model.cfg.backbone
-        if not concepts.has_head(backbone):
-            return [[] for _ in range(feats.size(0))]
-        pooled = feats.mean(dim=1) if feats.dim() == 3 else feats  # a grid's mean is the pooled feature
-        return concepts.top_concepts(pooled, backbone, self.TAGS)
+        return concepts.class_probabilities(feats, backbone) if concepts.has_head(backbone) else None
 
     def _grid_size(self, feats: torch.Tensor) -> tuple[int, int] | None:
         if feature_kind(self.model.cfg) != "grid":

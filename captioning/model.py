@@ -57,8 +57,9 @@ class Concepts(nn.Module):
         self.project = nn.Linear(head.out_features, width)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        pooled = feats.float().mean(dim=1) if feats.dim() == 3 else feats.float()
-        probs = F.linear(pooled, self.head_weight, self.head_bias).softmax(dim=-1)  # (B, 1000)
+        from captioning.concepts import pooled
+
+        probs = F.linear(pooled(feats), self.head_weight, self.head_bias).softmax(dim=-1)  # (B, 1000)
         return self.project(probs)  # (B, width)
 
 

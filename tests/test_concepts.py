@@ -35,7 +35,7 @@ def test_the_head_over_pooled_features_gives_the_raw_networks_classes_on_a_real_
     ours = concepts.class_probabilities(pooled, "efficientnet_lite0")
     assert ours.shape == (1, 1000) and int(ours.argmax()) == int(expected.argmax())
     assert torch.allclose(ours, expected, atol=1e-4)
-    top = concepts.top_concepts(pooled, "efficientnet_lite0", k=5)[0]
+    top = concepts.top_concepts(ours, k=5)[0]
     assert len(top) == 5 and top[0][0] == concepts.imagenet_labels()[int(expected.argmax())]
     assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
 

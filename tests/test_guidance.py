@@ -25,7 +25,7 @@ def test_the_map_holds_the_words_a_class_stands_for_and_not_function_words():
     probs[10:20, 207] = 0.8  # golden retriever: the dog images
     probs[40:, 281] = 0.05  # tabby: too little mass over the split to learn from
     probs[:, 0] = 1 - probs.sum(1)
-    words = learn_concept_words(probs, captions, vocab, ())
+    words = learn_concept_words(probs, captions, vocab)
     assert set(words["967"]) >= {"coffee", "cup"} and not set(words["967"]) & {"a", "of", "on"}
     assert "dog" in words["207"] and "281" not in words
     bonus, targets = guide_bonus(probs[[0, 15, 45]], words, vocab)  # a coffee, a dog and a cat image
