@@ -76,9 +76,10 @@ class ModelConfig:
     finetune_cnn: bool = option(False, "train the CNN too (needs --end-to-end); its weights go into checkpoints")
     concepts: str = option(
         "none",
-        "ImageNet concepts (the frozen CNN's own class probabilities) as decoder input: none, or init (a learned "
-        "projection of them joins the image in the decoder's initial state); EfficientNet-Lite backbones only",
-        choices=("none", "init"),
+        "ImageNet concepts (the frozen CNN's own class probabilities) as decoder input: none; init (a learned "
+        "projection of them joins the image in the decoder's initial state); or step (the projection is an extra "
+        "LSTM input at every word); EfficientNet-Lite backbones only",
+        choices=("none", "init", "step"),
     )
 
     def __post_init__(self) -> None:

@@ -63,8 +63,9 @@ class Concepts(nn.Module):
         return self.project(probs)  # (B, width)
 
 
-def _concepts(cfg: ModelConfig, width: int) -> Concepts | None:
-    return Concepts(cfg.backbone, width) if cfg.concepts != "none" else None
+def _concepts(cfg: ModelConfig, mode: str, width: int) -> Concepts | None:
+    """The concept projection where `cfg.concepts` is `mode`, else None."""
+    return Concepts(cfg.backbone, width) if cfg.concepts == mode else None
 
 
 class ShowTellDecoder(Decoder):
@@ -73,9 +74,11 @@ class ShowTellDecoder(Decoder):
     def __init__(self, cfg: ModelConfig, channels: int) -> None:
         super().__init__()
         self.img_embed = nn.Linear(channels, cfg.embed_size)  # replaces the CNN's classifier
-        self.concepts = _concepts(cfg, cfg.embed_size)  # joins the image embedding as the first input
+        self.concepts = _concepts(cfg, "init", cfg.embed_size)  # joins the image embedding as the first input
+        self.step_concepts = _concepts(cfg, "step", cfg.embed_size)  # beside every input, the image's too
+        extra = cfg.embed_size if self.step_concepts is not None else 0
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
-        self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, num_layers=1, batch_first=True)
+        self.lstm = nn.LSTM(cfg.embed_size + extra, cfg.hidden_size, num_layers=1, batch_first=True)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
@@ -86,17 +89,28 @@ class ShowTellDecoder(Decoder):
             x = x + self.concepts(feats)
         return self.dropout(x).unsqueeze(1)
 
+    def _with_concepts(self, x: torch.Tensor, concept: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, E) -> (B, T, E [+ E]): the step concepts (B, E) joined to every input."""
+        if concept is None:
+            return x
+        return torch.cat([x, concept.unsqueeze(1).expand(-1, x.size(1), -1)], dim=2)
+
+    def _step_concept(self, feats: torch.Tensor) -> torch.Tensor | None:
+        return self.dropout(self.step_concepts(feats)) if self.step_concepts is not None else None  # (B, E)
+
     def init_state(self, feats: torch.Tensor) -> State:
-        x = self._image(feats)  # (B, 1, E)
+        concept = self._step_concept(feats)
+        x = self._with_concepts(self._image(feats), concept)  # (B, 1, E [+ E])
         _, (h, c) = self.lstm(x)  # (1, B, H) each
-        return {"h": h[0], "c": c[0]}
+        state = {"h": h[0], "c": c[0]}
+        return state if concept is None else {**state, "concept": concept}
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """tokens (B,) -> log-probs (B, V), new state, no attention."""
-        x = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        x = self._with_concepts(self.embed(tokens).unsqueeze(1), state.get("concept"))  # (B, 1, E [+ E])
         out, (h, c) = self.lstm(x, (state["h"].unsqueeze(0), state["c"].unsqueeze(0)))
         logits = self.fc(out[:, 0])  # (B, V)
-        return F.log_softmax(logits, dim=-1), {"h": h[0], "c": c[0]}, None
+        return F.log_softmax(logits, dim=-1), {**state, "h": h[0], "c": c[0]}, None
 
     def teacher_forcing(
         self, feats: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
@@ -104,7 +118,7 @@ class ShowTellDecoder(Decoder):
         """Teacher forcing. captions (B, T) start with <start>; returns logits (B, T-1, V)."""
         img = self._image(feats)  # (B, 1, E)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
-        x = torch.cat([img, words], dim=1)  # (B, T, E): the image is step 0
+        x = self._with_concepts(torch.cat([img, words], dim=1), self._step_concept(feats))  # (B, T, E [+ E])
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))  # (B, T, H)
@@ -124,10 +138,11 @@ class AttentionDecoder(Decoder):
         self.full_att = nn.Linear(A, 1)
         self.init_h = nn.Linear(D, H)
         self.init_c = nn.Linear(D, H)
-        self.concepts = _concepts(cfg, 2 * H)  # added to the initial h and c
+        self.concepts = _concepts(cfg, "init", 2 * H)  # added to the initial h and c
+        self.step_concepts = _concepts(cfg, "step", E)  # an extra input at every word
         self.f_beta = nn.Linear(H, D)  # gate on the context vector (Xu et al. sec. 4.2.1)
         self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=0)
-        self.cell = nn.LSTMCell(E + D, H)
+        self.cell = nn.LSTMCell(E + D + (E if self.step_concepts is not None else 0), H)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(H, cfg.vocab_size)
 
@@ -138,12 +153,15 @@ class AttentionDecoder(Decoder):
         if self.concepts is not None:
             ch, cc = self.concepts(grid).chunk(2, dim=-1)
             h, c = h + ch, c + cc
-        return {
+        state = {
             "h": torch.tanh(h),  # (B, H)
             "c": torch.tanh(c),
             "grid": regions,  # (B, N, D)
             "grid_att": self.enc_att(regions),  # (B, N, A), computed once per image
         }
+        if self.step_concepts is not None:
+            state["concept"] = self.dropout(self.step_concepts(grid))  # (B, E)
+        return state
 
     def _attend_and_step(self, emb: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         h, c, grid = state["h"], state["c"], state["grid"]
@@ -151,7 +169,8 @@ class AttentionDecoder(Decoder):
         alpha = torch.softmax(e, dim=1)  # (B, N)
         context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, D)
         context = torch.sigmoid(self.f_beta(h)) * context
-        h, c = self.cell(torch.cat([emb, context], dim=1), (h, c))  # (B, H)
+        inputs = [emb, context] if "concept" not in state else [emb, context, state["concept"]]
+        h, c = self.cell(torch.cat(inputs, dim=1), (h, c))  # (B, H)
         logits = self.fc(self.dropout(h))  # (B, V)
         return logits, {**state, "h": h, "c": c}, alpha
 

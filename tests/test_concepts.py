@@ -68,9 +68,11 @@ def test_home_shows_what_the_encoder_sees(tiny_checkpoint, monkeypatch, tmp_path
     assert "What the encoder sees:" in shown and "%" in shown.split("What the encoder sees:")[1]
 
 
-@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+@pytest.mark.parametrize(
+    ("decoder", "mode"), [("showtell", "init"), ("attention", "init"), ("showtell", "step"), ("attention", "step")]
+)
 def test_a_concept_model_trains_through_the_cache_round_trips_and_beam_1_is_greedy(
-    decoder, tiny_coco, tiny_cache_dir, tmp_path
+    decoder, mode, tiny_coco, tiny_cache_dir, tmp_path
 ):
     from captioning.checkpoint import load_checkpoint, model_from_checkpoint
     from captioning.config import TrainConfig
@@ -79,14 +81,15 @@ def test_a_concept_model_trains_through_the_cache_round_trips_and_beam_1_is_gree
     from captioning.train import fit
 
     out = tmp_path / decoder
-    result = fit(TrainConfig.of(coco_root=str(tiny_coco), out=str(out), decoder=decoder, concepts="init", epochs=2,
+    result = fit(TrainConfig.of(coco_root=str(tiny_coco), out=str(out), decoder=decoder, concepts=mode, epochs=2,
                                 batch_size=16, vocab_threshold=1, cache_dir=str(tiny_cache_dir), num_workers=0,
                                 scst_epochs=1, scst_batch_size=8, seed=0))  # fmt: skip
     assert result.status == "finished"
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["model_config"]["concepts"] == "init"
+    assert ckpt["model_config"]["concepts"] == mode
     assert not any("head_" in k for k in ckpt["decoder_state"])  # the frozen head is not saved, the projection is
-    assert any(k.startswith("concepts.project") for k in ckpt["decoder_state"])
+    prefix = "concepts.project" if mode == "init" else "step_concepts.project"
+    assert any(k.startswith(prefix) for k in ckpt["decoder_state"])
     model, vocab = model_from_checkpoint(ckpt, with_backbone=False)
     split = CocoSplit.load(tiny_coco, "val")
     from captioning.features import build_cache
@@ -113,6 +116,25 @@ def test_concepts_change_what_the_decoder_starts_from():
     model.decoder.concepts.project.weight.data.zero_()
     model.decoder.concepts.project.bias.data.zero_()
     assert with_concepts.shape == (2, 512) and not torch.equal(with_concepts, model.decoder.init_state(feats)["h"])
+
+
+@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+def test_step_concepts_reach_every_word_not_only_the_first(decoder):
+    from captioning.config import ModelConfig
+    from captioning.model import CaptionModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=20, decoder=decoder, concepts="step")
+    model = CaptionModel.create(cfg, pretrained=False, with_backbone=False).eval()
+    feats = torch.rand(2, 1280) if decoder == "showtell" else torch.rand(2, 49, 1280)
+    state = model.decoder.init_state(feats)
+    assert state["concept"].shape == (2, 256) and model.decoder.concepts is None
+    tokens = torch.tensor([1, 1])
+    log_probs, next_state, _ = model.decoder.step(tokens, state)
+    assert log_probs.shape == (2, 20) and torch.equal(next_state["concept"], state["concept"])
+    # the same recurrent state with other concepts: the next word's distribution changes
+    other = {**state, "concept": torch.zeros_like(state["concept"])}
+    assert not torch.allclose(log_probs, model.decoder.step(tokens, other)[0])
 
 
 def test_an_old_checkpoint_without_the_concepts_field_captions_identically(tiny_checkpoint, tmp_path):
