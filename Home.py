@@ -64,6 +64,9 @@ for k, result in enumerate(results):
             f"What the encoder sees: {seen}",
             help="the frozen CNN's own ImageNet classes for this image, with their probabilities",
         )
+    if cap.named:
+        right.caption(f"The subject is named after the encoder's class *{ui.plain(cap.named[0], 40)}* "
+                      f"({100 * cap.named[1]:.0f}%), a word the model's vocabulary lacks.")  # fmt: skip
     if result.name in references:
         right.markdown("**Reference captions** (written by people for COCO)")
         right.markdown("\n".join(f"- {ui.plain(r, 200)}" for r in references[result.name]))

@@ -103,7 +103,7 @@ def model_picker(required: bool = True) -> catalog.ModelEntry | None:
 
 
 def decoding_controls() -> dict:
-    """Sidebar decoding method, beam size and maximum length, as Captioner.caption keyword arguments."""
+    """Sidebar decoding method, beam size, maximum length and rules, as Captioner.caption keyword arguments."""
     method = st.sidebar.radio(
         "Decoding", METHODS, index=1, horizontal=True, help="beam search keeps several candidates"
     )
@@ -115,7 +115,13 @@ def decoding_controls() -> dict:
         help="never say the same three words twice ('a man holding a cell phone on a cell phone') or bring back "
         "a thing already named ('a cat sitting on a table with a table')",
     )
-    return {"method": method, "beam_size": beam, "max_len": max_len, "block_repeats": block}
+    novel = st.sidebar.checkbox(
+        "Name what the vocabulary lacks",
+        value=True,
+        help="when the encoder is sure (>= 70%) of an ImageNet class whose name the model never learned to say "
+        "(a lion, a bee, a castle), that name becomes the caption's subject",
+    )
+    return {"method": method, "beam_size": beam, "max_len": max_len, "block_repeats": block, "name_novel": novel}
 
 
 def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:

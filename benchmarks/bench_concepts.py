@@ -1,5 +1,5 @@
-"""Single-image latency with and without concepts, side by side in one run: the attention decoder, beam 3, on
-EfficientNet-Lite0, as the app captions an upload.
+"""Single-image latency with and without concepts and ensembles, side by side in one run: the attention decoder,
+beam 3, on EfficientNet-Lite0, as the app captions an upload.
 
 Run: .venv/bin/python -m benchmarks.bench_concepts [--repeats 30]
 
@@ -7,7 +7,10 @@ Variants, interleaved image by image so the machine's noise falls on all alike:
 - baseline: no concepts in the decoder, no tags (what the app did before);
 - tags: the encoder's top-5 ImageNet labels computed too (what Home and caption --json now show);
 - concepts: a --concepts init decoder, plus tags;
-- guided: tags plus guided decoding (bonus 3) with a class-to-words map for every class.
+- guided: tags plus guided decoding (bonus 3) with a class-to-words map for every class;
+- concepts step: a --concepts step decoder, plus tags;
+- named: tags plus naming a confident class the vocabulary lacks (every class is confident and unknown here);
+- ensemble of 2 / 3: that many attention decoders over one encoder pass, plus tags.
 Random decoder weights (timing only), with an end-of-caption bias so captions run about 10 words.
 """
 
@@ -22,20 +25,27 @@ import torch
 from PIL import Image
 
 from captioning.config import ModelConfig
+from captioning.ensemble import EnsembleDecoder
 from captioning.inference import Captioner
 from captioning.model import CaptionModel
 from captioning.vocab import SPECIALS, Vocabulary
 
 
-def _captioner(vocab: Vocabulary, concepts: str) -> Captioner:
-    torch.manual_seed(0)
+def _model(vocab: Vocabulary, concepts: str, seed: int = 0) -> CaptionModel:
+    torch.manual_seed(seed)
     cfg = ModelConfig(decoder="attention", vocab_size=len(vocab), concepts=concepts)
     model = CaptionModel.create(cfg, pretrained=True)
     with torch.no_grad():
         model.decoder.fc.weight.mul_(0.01)
         model.decoder.fc.bias.zero_()
         model.decoder.fc.bias[vocab.end_id] = math.log(0.1 / 0.9 * (len(vocab) - 1))
-    return Captioner(model, vocab, device="cpu")
+    return model
+
+
+def _captioner(vocab: Vocabulary, concepts: str, members: int = 1) -> Captioner:
+    models = [_model(vocab, concepts, seed) for seed in range(members)]
+    decoder = EnsembleDecoder([m.decoder for m in models]) if members > 1 else None
+    return Captioner(models[0], vocab, device="cpu", decoder=decoder)
 
 
 def main() -> None:
@@ -48,20 +58,26 @@ def main() -> None:
     guided.info["concept_words"] = {str(c): [f"w{c}"] for c in range(1000)}
     no_tags = _captioner(vocab, "none")
     no_tags._class_probabilities = lambda feats: None
+    named = _captioner(vocab, "none")
+    named._known = frozenset()  # every class name is novel: the naming always runs
     variants = {
-        "baseline (no tags)": (no_tags, 0.0),
-        "tags": (plain, 0.0),
-        "concepts init + tags": (with_concepts, 0.0),
-        "guided (bonus 3) + tags": (guided, 3.0),
+        "baseline (no tags)": (no_tags, {}),
+        "tags": (plain, {}),
+        "concepts init + tags": (with_concepts, {}),
+        "concepts step + tags": (_captioner(vocab, "step"), {}),
+        "guided (bonus 3) + tags": (guided, {"guide": 3.0}),
+        "named + tags": (named, {"name_novel": True}),
+        "ensemble of 2 + tags": (_captioner(vocab, "none", members=2), {}),
+        "ensemble of 3 + tags": (_captioner(vocab, "none", members=3), {}),
     }
     images = [Image.new("RGB", (640, 480), (i * 40 % 255, 120, 200)) for i in range(8)]
-    for captioner, bonus in variants.values():
-        captioner.caption(images[:1], guide=bonus)  # warm-up
+    for captioner, options in variants.values():
+        captioner.caption(images[:1], **options)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats):
-        for name, (captioner, bonus) in variants.items():
+        for name, (captioner, options) in variants.items():
             t = time.perf_counter()
-            captioner.caption([images[r % len(images)]], guide=bonus)
+            captioner.caption([images[r % len(images)]], **options)
             times[name].append((time.perf_counter() - t) * 1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention decoder, beam 3, max_len 20")
     print(f"{'variant':26s} {'p50 ms':>8s} {'p95 ms':>8s}")

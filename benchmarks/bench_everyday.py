@@ -2,6 +2,7 @@
 by a model, beside what its frozen encoder's own ImageNet head says about the same input.
 
 Run: .venv/bin/python -m benchmarks.bench_everyday [--checkpoint CKPT] [--dest cache/everyday] [--guide BONUS]
+     [--ensemble CKPT ...] [--no-name-novel]
 
 A caption counts as naming the subject when it holds one of the photo's subject words (plurals included); the
 encoder's top-5 ImageNet labels are scored the same way, which bounds what guiding the decoder by the
@@ -32,9 +33,16 @@ def main() -> None:
     parser.add_argument(
         "--guide", type=float, default=0.0, help="guided decoding's bonus (0: off; needs concept words)"
     )
+    parser.add_argument("--ensemble", type=Path, action="append", help="another checkpoint to ensemble with")
+    parser.add_argument(
+        "--name-novel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="name a confident class the vocabulary lacks (default: on, as the app and the CLI)",
+    )
     args = parser.parse_args()
     collect(args.dest)
-    captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
+    captioner = Captioner.from_checkpoints([args.checkpoint, *(args.ensemble or [])], device="cpu")
     hits = tag_hits = n = 0
     print("| photo | caption (beam 3) | encoder top-5 | caption names it | a tag names it |")
     print("|---|---|---|---|---|")
@@ -44,7 +52,7 @@ def main() -> None:
         except ImageLoadError as exc:
             print(f"| {name} | (unreadable: {exc}) | | | |")
             continue
-        cap = captioner.caption([image], guide=args.guide)[0]
+        cap = captioner.caption([image], guide=args.guide, name_novel=args.name_novel)[0]
         tags = ", ".join(f"{label} {p:.2f}" for label, p in cap.tags)
         hit, tag_hit = names_subject(cap.text, words), any(names_subject(t, words) for t, _ in cap.tags)
         hits, tag_hits, n = hits + hit, tag_hits + tag_hit, n + 1

@@ -19,6 +19,7 @@ from captioning.decoding import METHODS
 from captioning.download import DEFAULT_BASE_URL, SPLITS, DownloadError, download_coco
 from captioning.guidance import BONUS as GUIDE_BONUS
 from captioning.inference import DEFAULT_CHECKPOINT
+from captioning.naming import THRESHOLD as NAMING_THRESHOLD
 from captioning.train_cli import add_extract_features, add_train
 
 USER_ERRORS = (
@@ -32,7 +33,7 @@ USER_ERRORS = (
 )
 
 
-def _load_captioner(path: Path, device: str = "auto"):
+def _load_captioner(path: Path, device: str = "auto", ensemble: list[Path] | None = None):
     from captioning.inference import Captioner
 
     if not Path(path).is_file() and Path(path) == DEFAULT_CHECKPOINT:
@@ -40,7 +41,7 @@ def _load_captioner(path: Path, device: str = "auto"):
             f"no default model at {path}; pass --checkpoint runs/NAME/best.pt, or train one with "
             "python -m captioning train"
         )
-    return Captioner.from_checkpoint(path, device=device)
+    return Captioner.from_checkpoints([path, *(ensemble or [])], device=device)
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
@@ -63,11 +64,26 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
         help="guided decoding: when the encoder is confident of an ImageNet class, add BONUS (default "
         f"{GUIDE_BONUS}) to the log-probability of the words learned for it (needs a checkpoint with concept words)",
     )
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        action="append",
+        metavar="CKPT",
+        help="another checkpoint whose decoder joins --checkpoint's, their word probabilities averaged at every "
+        "step (repeat for more; same backbone and vocabulary)",
+    )
+    p.add_argument(
+        "--name-novel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"when the encoder is sure (>= {NAMING_THRESHOLD}) of an ImageNet class whose name the vocabulary "
+        "lacks (lion, bee, castle), make it the caption's subject (default: on)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    captioner = _load_captioner(args.checkpoint, args.device)
+    captioner = _load_captioner(args.checkpoint, args.device, args.ensemble)
     results, failed = [], 0
     for path in args.images:
         try:
@@ -77,7 +93,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
             failed += 1
             continue
         cap = captioner.caption(
-            [image], args.method, args.beam_size, args.max_len, block_repeats=not args.allow_repeats, guide=args.guide
+            [image],
+            args.method,
+            args.beam_size,
+            args.max_len,
+            block_repeats=not args.allow_repeats,
+            guide=args.guide,
+            name_novel=args.name_novel,
         )[0]
         if args.json:
             results.append(
@@ -89,6 +111,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
                     "words": [{"word": w, "prob": p} for w, p in zip(cap.words, cap.word_probs)],
                     "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
                     "tags": [{"label": label, "prob": p} for label, p in cap.tags],  # the encoder's ImageNet top 5
+                    "named": {"label": cap.named[0], "prob": cap.named[1]} if cap.named else None,
                 }
             )
         else:
@@ -103,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from captioning.evaluate import evaluate
 
-    captioner = _load_captioner(args.checkpoint, args.device)
+    captioner = _load_captioner(args.checkpoint, args.device, args.ensemble)
     split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
     n = min(len(split), args.limit) if args.limit else len(split)
     with tqdm(total=n, desc=f"captioning {args.split}", unit="img", disable=args.json or None) as bar:
@@ -118,6 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             on_batch=lambda done, total: bar.update(done - bar.n),
             block_repeats=not args.allow_repeats,
             guide=args.guide,
+            name_novel=args.name_novel,
         )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

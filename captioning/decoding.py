@@ -109,7 +109,7 @@ FUNCTION_WORDS = frozenset(
 )
 
 
-def _is_participle(word: str) -> bool:
+def is_participle(word: str) -> bool:
     return len(word) > 4 and word.endswith(("ing", "ed"))
 
 
@@ -118,7 +118,7 @@ def _word_classes(vocab: Vocabulary) -> tuple:
     PLURAL_HEADS the singular and plural forms of each word, which the head rule then treats as one."""
     special = {vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id}
     function = [i in special or w in FUNCTION_WORDS for i, w in enumerate(vocab.itos)]
-    ends_phrase = [f or _is_participle(w) for f, w in zip(function, vocab.itos)]
+    ends_phrase = [f or is_participle(w) for f, w in zip(function, vocab.itos)]
     return (function, ends_phrase, _same_head(vocab)) if PLURAL_HEADS else (function, ends_phrase)
 
 

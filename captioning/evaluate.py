@@ -20,6 +20,7 @@ def caption_split(
     on_batch: Callable[[int, int], None] | None = None,
     block_repeats: bool = True,
     guide: float = 0.0,
+    name_novel: bool = False,
 ) -> dict[int, str]:
     """image id -> caption for `ids`; unreadable images are skipped with one warning."""
     ids = list(ids)
@@ -35,7 +36,13 @@ def caption_split(
                 bad.append(split.files[i].name)
         if images:
             caps = captioner.caption(
-                images, method=method, beam_size=beam_size, max_len=max_len, block_repeats=block_repeats, guide=guide
+                images,
+                method=method,
+                beam_size=beam_size,
+                max_len=max_len,
+                block_repeats=block_repeats,
+                guide=guide,
+                name_novel=name_novel,
             )
             out.update({i: c.text for i, c in zip(chunk, caps)})
         if on_batch:
@@ -55,11 +62,21 @@ def evaluate(
     on_batch: Callable[[int, int], None] | None = None,
     block_repeats: bool = True,
     guide: float = 0.0,
+    name_novel: bool = False,
 ) -> tuple[dict[str, float], dict[int, str], list[str]]:
     """Corpus scores (keys BLEU-1..4, METEOR, ROUGE-L, CIDEr, images), captions, notes."""
     ids = split.ids[:limit] if limit else split.ids
     preds = caption_split(
-        captioner, split, ids, method, beam_size, max_len, on_batch=on_batch, block_repeats=block_repeats, guide=guide
+        captioner,
+        split,
+        ids,
+        method,
+        beam_size,
+        max_len,
+        on_batch=on_batch,
+        block_repeats=block_repeats,
+        guide=guide,
+        name_novel=name_novel,
     )
     scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
     return {**scores.corpus, "images": len(preds)}, preds, scores.notes

@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from captioning import concepts
+from captioning import concepts, naming
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.data import ImageLoadError, load_image, to_rgb
 from captioning.decoding import Hypothesis, check_decoding, decode
 from captioning.device import resolve_device
+from captioning.ensemble import EnsembleDecoder, check_members
 from captioning.guidance import guide_bonus
 from captioning.model import CaptionModel, feature_kind
-from captioning.vocab import Vocabulary
+from captioning.vocab import Vocabulary, detokenize
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.pt"
 
@@ -33,19 +34,28 @@ class Caption:
     attention: list[torch.Tensor] | None = field(default=None, repr=False)  # (h, w) per word
     grid_size: tuple[int, int] | None = None
     tags: list[tuple[str, float]] = field(default_factory=list)  # what the encoder sees: top ImageNet classes
+    named: tuple[str, float] | None = None  # the ImageNet class that named the subject (`naming`), its probability
 
 
 class Captioner:
     """A loaded model ready to caption. Safe to share between threads: inference reads only."""
 
     def __init__(
-        self, model: CaptionModel, vocab: Vocabulary, device: str | torch.device = "auto", info: dict | None = None
+        self,
+        model: CaptionModel,
+        vocab: Vocabulary,
+        device: str | torch.device = "auto",
+        info: dict | None = None,
+        decoder: torch.nn.Module | None = None,
     ) -> None:
+        """`decoder`, when given, decodes instead of the model's own (an `EnsembleDecoder` that holds it)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.decoder = (decoder or model.decoder).to(self.device).eval()
         self.vocab = vocab
         self.preprocess = model.spec.preprocess
         self.info = info or {}
+        self._known = frozenset(vocab.itos)  # the words the decoder can say
 
     @classmethod
     def from_checkpoint(cls, path: Path | str = DEFAULT_CHECKPOINT, device: str = "auto") -> Captioner:
@@ -54,6 +64,22 @@ class Captioner:
         info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info["path"] = str(path)
         return cls(model, vocab, device, info)
+
+    @classmethod
+    def from_checkpoints(cls, paths: list[Path | str], device: str = "auto") -> Captioner:
+        """One checkpoint, or an ensemble of several (see `ensemble`) that share a backbone and a vocabulary."""
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], device)
+        ckpts = [load_checkpoint(Path(p)) for p in paths]
+        loaded = [model_from_checkpoint(c, source=str(p), with_backbone=False) for c, p in zip(ckpts, paths)]
+        check_members([m.cfg for m, _ in loaded], [v for _, v in loaded], [str(p) for p in paths])
+        # the encoder is run for the first member that reads the grid, if any: pooled members take its mean
+        first = next((i for i, (m, _) in enumerate(loaded) if feature_kind(m.cfg) == "grid"), 0)
+        model, vocab = model_from_checkpoint(ckpts[first], source=str(paths[first]))
+        decoder = EnsembleDecoder([m.decoder for m, _ in loaded])
+        info = {k: ckpts[first].get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
+        info.update(path=str(paths[first]), members=[str(p) for p in paths])
+        return cls(model, vocab, device, info, decoder)
 
     @property
     def can_guide(self) -> bool:
@@ -74,12 +100,14 @@ class Captioner:
         batch_size: int = 16,
         block_repeats: bool = True,
         guide: float = 0.0,
+        name_novel: bool = False,
     ) -> list[Caption]:
         """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
 
         `block_repeats` forbids echoes (see `decoding.decode`); `guide` > 0 adds that much log-probability to
         the words of a confident ImageNet class (see `guidance`; a ValueError when the checkpoint has no
-        concept words).
+        concept words); `name_novel` names the subject after a confident class the vocabulary lacks (see
+        `naming`; nothing changes for a backbone without an ImageNet head).
         """
         check_decoding(method, beam_size, max_len)
         if guide and not self.can_guide:
@@ -92,11 +120,34 @@ class Captioner:
             feats = self.features(images[start : start + batch_size])
             probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
             hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=guide) if guide else None
-            groups = decode(self.model.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats, hint)
+            groups = decode(self.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats, hint)
             grid = self._grid_size(feats)
             tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
-            out += [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
+            caps = [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
+            if name_novel and probs is not None:
+                caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
+            out += caps
         return out
+
+    def _name_novel(self, cap: Caption, probs: list[float]) -> Caption:
+        """`cap` with its subject named after a confident ImageNet class the vocabulary lacks, if there is one."""
+        labels, related = concepts.imagenet_labels(), self.info.get("concept_words") or {}
+        found = naming.novel_subject(cap.words, probs, labels, self._known, related)
+        if found is None:
+            return cap
+        words = naming.apply(cap.words, found, *found.words)
+        kept = cap.word_probs[found.start]  # the article's own probability; the noun's is the class's
+        attention = cap.attention and naming.apply(
+            cap.attention, found, cap.attention[found.start], cap.attention[found.end - 1]
+        )
+        return replace(
+            cap,
+            text=detokenize(words),
+            words=words,
+            word_probs=naming.apply(cap.word_probs, found, kept, found.prob),
+            attention=attention,
+            named=(found.label, found.prob),
+        )
 
     TAGS = 5  # ImageNet classes shown per image
 
@@ -106,7 +157,7 @@ class Captioner:
         return concepts.class_probabilities(feats, backbone) if concepts.has_head(backbone) else None
 
     def _grid_size(self, feats: torch.Tensor) -> tuple[int, int] | None:
-        if feature_kind(self.model.cfg) != "grid":
+        if feats.dim() != 3:
             return None
         n = feats.size(1)
         side = int(round(n**0.5))
