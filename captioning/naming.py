@@ -104,7 +104,7 @@ def novel_subject(
     span = subject_span(words)
     if span is None:
         return None
-    article = "an" if noun[0] in "aeiou" else "a"
+    article = "an" if noun[0] in "aeio" or (noun[0] == "u" and not noun.startswith(("uni", "use", "usu"))) else "a"
     return Naming(span[0], span[1], (article, noun), labels[top], float(probs[top]))
 
 

@@ -66,7 +66,14 @@ def test_the_cli_ensembles_and_refuses_members_that_do_not_match(tiny_checkpoint
     ok = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(tiny_attention_checkpoint), "--json")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)[0]["caption"]
-    default = REPO / "checkpoints" / "default.pt"  # another vocabulary (the COCO sample's)
-    bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(default))
+    other_words = tmp_path / "other.pt"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    itos = list(ckpt["vocab"]["itos"])
+    itos[-1], itos[-2] = itos[-2], itos[-1]  # same size, other word ids
+    torch.save({**ckpt, "vocab": {"itos": itos}}, other_words)
+    bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(other_words))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "another vocabulary" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    default = REPO / "checkpoints" / "default.pt"  # EfficientNet-Lite2: another encoder
+    bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(default))
+    assert bad.returncode == 2 and "must share the encoder" in bad.stderr and "Traceback" not in bad.stderr
