@@ -15,7 +15,7 @@ from captioning.decoding import Hypothesis, check_decoding, decode
 from captioning.device import resolve_device
 from captioning.ensemble import EnsembleDecoder, check_members
 from captioning.guidance import guide_bonus
-from captioning.model import CaptionModel, feature_kind
+from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary, detokenize
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.pt"
@@ -71,11 +71,14 @@ class Captioner:
         if len(paths) == 1:
             return cls.from_checkpoint(paths[0], device)
         ckpts = [load_checkpoint(Path(p)) for p in paths]
-        loaded = [model_from_checkpoint(c, source=str(p), with_backbone=False) for c, p in zip(ckpts, paths)]
+        # the encoder runs once, for the first member that reads the grid (if any): pooled members take its mean
+        first = next((i for i, c in enumerate(ckpts) if c["model_config"].get("decoder") == "attention"), 0)
+        loaded = [
+            model_from_checkpoint(c, source=str(p), with_backbone=i == first)
+            for i, (c, p) in enumerate(zip(ckpts, paths))
+        ]
         check_members([m.cfg for m, _ in loaded], [v for _, v in loaded], [str(p) for p in paths])
-        # the encoder is run for the first member that reads the grid, if any: pooled members take its mean
-        first = next((i for i, (m, _) in enumerate(loaded) if feature_kind(m.cfg) == "grid"), 0)
-        model, vocab = model_from_checkpoint(ckpts[first], source=str(paths[first]))
+        model, vocab = loaded[first]
         decoder = EnsembleDecoder([m.decoder for m, _ in loaded])
         info = {k: ckpts[first].get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info.update(path=str(paths[first]), members=[str(p) for p in paths])
