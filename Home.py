@@ -11,6 +11,7 @@ from app.render import (
     word_confidence_html,
     word_probability_chart,
 )
+from app.uploads import IMAGE_UPLOADS
 
 st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
 st.title("Image captioning")
@@ -25,7 +26,7 @@ st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?'
 drop, gallery = st.columns([3, 2], gap="large")
 files = drop.file_uploader(
     "Images",
-    type=ui.IMAGE_UPLOADS,
+    type=IMAGE_UPLOADS,
     accept_multiple_files=True,
     help="JPG, PNG, WebP, BMP, GIF or TIFF; several at once are fine",
 )

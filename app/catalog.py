@@ -9,22 +9,21 @@ sample. The app reads data from these roots only: a browser can pick among them,
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from captioning import rundir
-from captioning.checkpoint import CheckpointError, load_checkpoint
+from captioning.checkpoint import CheckpointError, default_checkpoint, load_checkpoint
 from captioning.data import SAMPLE_ROOT
-from captioning.inference import DEFAULT_CHECKPOINT
+from captioning.io import read_json
 
-PROJECT_ROOT = DEFAULT_CHECKPOINT.parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the app runs from its checkout
 GET_A_MODEL = (
     "Train one with `python -m captioning train --coco-root data/coco --out runs/first` "
     "(get data first with `python -m captioning download --dest data/coco --split val2017 --limit 500`), "
-    "or put a checkpoint at `checkpoints/default.pt`."
+    "or set `CAPTIONING_CHECKPOINT` to a checkpoint."
 )
 
 
@@ -45,11 +44,6 @@ class RunEntry:
     name: str
     metrics: Path
     status: str  # "finished", "stopped", "early_stopped", "running" (or interrupted), "unknown"
-
-
-def default_checkpoint() -> Path:
-    """The shipped model's path: $CAPTIONING_CHECKPOINT or `checkpoints/default.pt`."""
-    return Path(os.environ.get("CAPTIONING_CHECKPOINT") or DEFAULT_CHECKPOINT)
 
 
 def default_log(checkpoint: Path | None = None) -> Path:
@@ -119,7 +113,7 @@ def examples() -> list[Example]:
     except (DatasetError, OSError):
         return []
     try:
-        wanted = json.loads((root / "examples.json").read_text(encoding="utf-8"))["val"]
+        wanted = read_json((root / "examples.json").read_text(encoding="utf-8"))["val"]
         ids = [i for i in wanted if i in split.files]
     except (OSError, ValueError, KeyError, TypeError):
         ids = split.ids[:8]

@@ -1,32 +1,27 @@
-"""Download a COCO sample from the app: one `python -m captioning download` process at a time, in the background.
+"""Download a COCO sample from the app: one `python -m captioning download` at a time, run by app.background.
 
-The downloader is the package's own (resumable, retried, atomic). As with Fine-tune's jobs, a job file
-(`DATA/.download.json`) names the process by pid, start time and boot, so a reload, a second tab or another
-server process re-attaches, and a stranger that later got the pid is never taken for it. Progress is read from
-the process's log. Before starting, a short request checks that the COCO host answers, so an offline machine
-gets a message at once instead of a hanging bar. $CAPTIONING_COCO_URL points it at a mirror (tests use a local
-one).
+The downloader is the package's own (resumable, retried, atomic). Its job file `DATA/.download.json` lets a
+reload, a second tab or another server process re-attach; its progress and its ending are the JSON lines it
+writes to `DATA/.download.jsonl` (`--progress-jsonl`). Before starting, a short request checks that the COCO host
+answers, so an offline machine gets a message at once instead of a hanging bar. $CAPTIONING_COCO_URL points it
+at a mirror (tests use a local one).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import procs
+from app.background import CANCELLED, FAILED, FINISHED, RUNNING, STOPPING, Background, Busy, read_jsonl
 from captioning.download import DEFAULT_BASE_URL
-from captioning.io import atomic_write_text, file_lock
 
-JOB_FILE, LOG_FILE, LOCK_FILE = ".download.json", ".download.log", ".download.lock"
+JOB_FILE, LOG_FILE, LOCK_FILE, PROGRESS_FILE = ".download.json", ".download.log", ".download.lock", ".download.jsonl"
 MAX_IMAGES = 5000  # all of val2017
-PROGRESS = re.compile(rb"(\d+)/(\d+) \[")  # tqdm's "123/500 [00:04<00:10, ...]"
+ANNOTATIONS, IMAGES = "annotations", "images"  # the stages of its progress records
 
 
 def base_url() -> str:
@@ -47,29 +42,35 @@ def reachable(url: str, timeout: float = 4.0) -> bool:
 @dataclass(frozen=True)
 class DownloadStatus:
     running: bool
-    done: int | None  # images so far, from the progress bar in the log
+    done: int | None  # so far in its stage: bytes of the annotations zip, or images
     total: int | None
-    message: str  # the log's last line
+    message: str  # how it ended: the downloader's summary, or why it failed
+    stage: str | None = None  # ANNOTATIONS or IMAGES; None before its first progress record
+    state: str = RUNNING  # RUNNING, STOPPING, or how it ended (app.background.ended_as)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.done is not None and self.total else 0.0
+
+    def progress_text(self) -> str:
+        """E.g. "3/500 images", "the annotations: 12 of 241 MB"."""
+        if self.state == STOPPING:
+            return "stopping..."
+        if self.stage == IMAGES and self.total:
+            return f"{self.done}/{self.total} images"
+        if self.stage == ANNOTATIONS and self.done is not None:
+            of = f" of {self.total / 1e6:.0f}" if self.total else ""
+            return f"the annotations: {self.done / 1e6:.0f}{of} MB"
+        return "fetching the annotations..."
 
 
 class DownloadManager:
     """At most one download into `dest` (a COCO root under the app's data folder)."""
 
     def __init__(self, data_dir: Path, dest: Path) -> None:
-        self.data_dir, self.dest = Path(data_dir), Path(dest)
-        self.job_file, self.log_file = self.data_dir / JOB_FILE, self.data_dir / LOG_FILE
-        self._children: list[subprocess.Popen] = []  # the downloads this process started: polled, so none is a zombie
-
-    def _exclusive(self):
-        return file_lock(self.data_dir / LOCK_FILE)  # shared with other server processes
-
-    def _process(self) -> procs.ProcessId | None:
-        try:
-            job = json.loads(self.job_file.read_text(encoding="utf-8"))
-            ident = procs.ProcessId(int(job["pid"]), job.get("start_time"), job.get("boot_id"))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return ident if procs.is_running(ident) else None
+        self.data_dir, self.dest = Path(data_dir), Path(dest).resolve()
+        self.jobs = Background(self.data_dir, JOB_FILE, LOCK_FILE, upgrade=self._upgrade)
+        self.progress_file = self.jobs.folder / PROGRESS_FILE
 
     def start(self, limit: int) -> str | None:
         """Start downloading the first `limit` val2017 images and the annotations; an error message, or None."""
@@ -81,33 +82,50 @@ class DownloadManager:
                     f"`python -m captioning download --dest data/coco --split val2017 --limit {limit}` "
                     "and copy data/coco here.")  # fmt: skip
         command = [sys.executable, "-m", "captioning", "download", "--dest", str(self.dest), "--split", "val2017",
-                   "--limit", str(limit), "--base-url", url]  # fmt: skip
-        with self._exclusive():
-            if self._process() is not None:
-                return "a download is already running"
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            with open(self.log_file, "wb") as log:
-                child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=env)  # fmt: skip
-            self._children.append(child)
-            ident = procs.identify(child.pid)
-            job = {"pid": child.pid, "start_time": ident.start_time, "boot_id": ident.boot_id, "limit": limit}
-            atomic_write_text(self.job_file, json.dumps(job))
+                   "--limit", str(limit), "--base-url", url, "--progress-jsonl", str(self.progress_file)]  # fmt: skip
+        forget = lambda: self.progress_file.unlink(missing_ok=True)  # the last download's records  # noqa: E731
+        try:
+            self.jobs.start("download", self.dest, command, self.jobs.folder / LOG_FILE, prepare=forget)
+        except Busy:
+            return "a download is already running"
         return None
 
     def status(self) -> DownloadStatus | None:
         """The current or last download, None when there has been none."""
-        self._children = [c for c in self._children if c.poll() is None]
-        if not self.job_file.is_file():
+        job = self.jobs.current()
+        if job is None:
             return None
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(max(0, self.log_file.stat().st_size - 8192))
-                tail = f.read()
-        except OSError:
-            tail = b""
-        found = PROGRESS.findall(tail)
-        done, total = (int(found[-1][0]), int(found[-1][1])) if found else (None, None)
-        lines = [ln for ln in re.split(rb"[\r\n]", tail) if ln.strip()]
-        last = lines[-1].decode("utf-8", "replace")[-300:] if lines else ""
-        return DownloadStatus(self._process() is not None, done, total, last)
+        alive = self.jobs.alive(job)  # before the records: an ending logged just before it exited is in them
+        records = read_jsonl(self.progress_file) if job.exit_file else []  # an older version's job wrote none
+        progress = [r for r in records if r.get("event") == "progress" and _counts(r)]
+        end = next((r for r in reversed(records) if r.get("event") in (FINISHED, FAILED)), {})
+        state = self.jobs.state(job, alive, end.get("event"))
+        if state == FAILED:
+            message = self.jobs.failure(job, str(end.get("message") or "") if end.get("event") == FAILED else None)
+        elif state == FINISHED:
+            message = str(end.get("message") or "")
+        elif state == CANCELLED:
+            message = "what had arrived is kept; Download continues from there"
+        else:  # running, or interrupted: what it printed last
+            message = self.jobs.log_tail(job, lines=1)
+        last = progress[-1] if progress else {}
+        return DownloadStatus(alive, last.get("done"), last.get("total"), message, last.get("stage"), state)
+
+    def cancel(self) -> bool:
+        """Stop the running download (the files that arrived stay; a new one resumes)."""
+        return self.jobs.cancel()
+
+    def _upgrade(self, data: dict) -> dict:
+        """An older version's job file, {"pid", "start_time", "boot_id", "limit"}, as a job (it is recognised while
+        it runs, so no second download starts beside it)."""
+        if "name" in data or "limit" not in data:
+            return data
+        ident = {k: data[k] for k in ("pid", "start_time", "boot_id") if k in data}
+        log = str(self.jobs.folder / LOG_FILE)
+        return {"name": "download", "out": str(self.dest), "started": "", "command": [], "log": log, **ident}
+
+
+def _counts(record: dict) -> bool:
+    """Whether a progress record has the fields the status shows, of the right types."""
+    done, total = record.get("done"), record.get("total")
+    return record.get("stage") in (ANNOTATIONS, IMAGES) and type(done) is int and (total is None or type(total) is int)

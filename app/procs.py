@@ -1,10 +1,17 @@
-"""Telling a process the app started from a stranger that later got its process id (after it exited, or after
-a reboot), and signalling only the former. Linux: the start time from /proc and the kernel's boot id."""
+"""The app's background processes: telling one from a stranger that later got its pid (start time from /proc,
+the kernel's boot id), signalling only the former, and a watcher that records how a job exited.
+
+Run (as app.background does): python -m app.procs EXIT_FILE COMMAND... ; stdlib only, so it starts at once.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +78,57 @@ def send(ident: ProcessId, sig: int = signal.SIGTERM) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def screen_lines(text: str) -> list[str]:
+    """The non-empty lines of terminal output as a terminal shows them: of a line redrawn with \\r (a progress
+    bar), its last non-empty drawing."""
+    shown = [next((s for s in reversed(line.split("\r")) if s.strip()), "") for line in text.split("\n")]
+    return [s for s in shown if s.strip()]
+
+
+def supervise(exit_file: Path, command: list[str]) -> int:
+    """Run `command`, pass a SIGTERM on to it (once), copy its stderr to ours, then write how it exited to
+    `exit_file` ({"code": its exit code, negative for a signal, "error": its last stderr line}) and exit alike.
+
+    The record outlives the server process that started the job, so any later one can tell a failure (nonzero
+    code) from a kill (a signal) without reading the job's words."""
+    state: dict = {"child": None, "asked": False, "sent": False}
+
+    def forward(*_) -> None:  # a second SIGTERM would make the trainer abort without saving
+        state["asked"] = True
+        if state["child"] is not None and not state["sent"]:
+            state["sent"] = True
+            state["child"].send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)  # before the child exists: a cancel in between is kept, not lost
+    try:
+        state["child"] = child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:  # no such program: as a shell says it
+        _write_json(Path(exit_file), {"code": 127, "error": f"cannot run {command[0]}: {exc.strerror}"})
+        return 127
+    if state["asked"]:
+        forward()
+    tail = b""
+    while chunk := os.read(child.stderr.fileno(), 65536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-8192:]
+    code = child.wait()
+    last = screen_lines(tail.decode("utf-8", "replace"))
+    _write_json(Path(exit_file), {"code": code, "error": last[-1][-500:] if last else ""})
+    if code < 0:  # die of the same signal, so whoever waits for this process sees what the job saw
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code if code >= 0 else 128 - code
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # whole or absent: a reader never sees half a record
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1]), sys.argv[2:]))

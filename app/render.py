@@ -4,13 +4,16 @@ and grid tiles. Presentation only; the captions come from `captioning`."""
 from __future__ import annotations
 
 import html
+import re
 
 import altair as alt
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from captioning.inference import Caption, UploadResult
+from app.uploads import UploadResult
+from captioning.data import CocoSplit
+from captioning.inference import Caption
 
 # An "inferno"-like ramp: dark purple (little attention) -> yellow (most attention).
 _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
@@ -98,3 +101,14 @@ def tile_text(image_id: int, references: list[str], score: dict | None) -> str:
     if score is None:
         return f"**#{image_id}** {references[0]}"
     return f"**#{image_id}** _{score['caption']}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
+
+
+def search_captions(split: CocoSplit, query: str) -> list[int]:
+    """Ids whose reference captions contain every word of `query` (or the id itself, for digits)."""
+    words = re.findall(r"[a-z0-9']+", query.lower())
+    if not words:
+        return list(split.ids)
+    if len(words) == 1 and words[0].isdigit() and int(words[0]) in split.files:
+        return [int(words[0])]
+    patterns = [re.compile(rf"\b{re.escape(w)}\b") for w in words]
+    return [i for i in split.ids if all(any(p.search(c.lower()) for c in split.captions[i]) for p in patterns)]

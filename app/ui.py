@@ -4,32 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import fields, replace
 from pathlib import Path
 
 import streamlit as st
 
 from app import catalog, downloads
 from app.jobs import JobManager
+from app.uploads import UploadResult, caption_files
 from captioning import rundir
 from captioning.checkpoint import CheckpointError
+from captioning.config import METHODS, DecodeConfig
 from captioning.data import (
     DOWNLOAD_HINT,
-    IMAGE_MIME_TYPES,
-    IMAGE_TYPES,
     CocoSplit,
     DatasetError,
     available_splits,
     parse_ids,
     split_paths,
 )
-from captioning.decoding import METHODS
-from captioning.inference import Captioner, caption_files
+from captioning.inference import Captioner
 
 COCO_HINT = DOWNLOAD_HINT.format(root="data/coco") + " --limit 500"
-# With a MIME type in its list, Streamlit leaves the check of an upload's name to the page (the browser still
-# filters the file dialog), so a misnamed file gets our message (load_image reads the content) and no exception.
-IMAGE_UPLOADS = [*IMAGE_TYPES, *IMAGE_MIME_TYPES]
 TEXT_UPLOADS = ["txt", "json", "log", "text/plain"]
+DECODE_FIELDS = {f.name: f for f in fields(DecodeConfig)}
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
@@ -102,26 +100,21 @@ def model_picker(required: bool = True) -> catalog.ModelEntry | None:
     return entries[labels.index(label)]
 
 
-def decoding_controls() -> dict:
-    """Sidebar decoding method, beam size, maximum length and rules, as Captioner.caption keyword arguments."""
+def _help(name: str) -> str:
+    return DECODE_FIELDS[name].metadata["help"]
+
+
+def decoding_controls() -> DecodeConfig:
+    """Sidebar decoding settings; every default and help text is DecodeConfig's, as the CLI's are."""
+    base = DecodeConfig()
     method = st.sidebar.radio(
-        "Decoding", METHODS, index=1, horizontal=True, help="beam search keeps several candidates"
+        "Decoding", METHODS, index=METHODS.index(base.method), horizontal=True, help=_help("method")
     )
-    beam = st.sidebar.slider("Beam size", 1, 10, 3, disabled=method != "beam")
-    max_len = st.sidebar.slider("Maximum length (words)", 5, 40, 20)
-    block = st.sidebar.checkbox(
-        "Block repeated phrases",
-        value=True,
-        help="never say the same three words twice ('a man holding a cell phone on a cell phone') or bring back "
-        "a thing already named ('a cat sitting on a table with a table')",
-    )
-    novel = st.sidebar.checkbox(
-        "Name what the vocabulary lacks",
-        value=True,
-        help="when the encoder is sure (>= 70%) of an ImageNet class whose name the model never learned to say "
-        "(a lion, a bee, a castle), that name becomes the caption's subject",
-    )
-    return {"method": method, "beam_size": beam, "max_len": max_len, "block_repeats": block, "name_novel": novel}
+    beam = st.sidebar.slider("Beam size", 1, 10, base.beam_size, disabled=method != "beam", help=_help("beam_size"))
+    max_len = st.sidebar.slider("Maximum length (words)", 5, 40, base.max_len, help=_help("max_len"))
+    block = st.sidebar.checkbox("Block repeated phrases", value=base.block_repeats, help=_help("block_repeats"))
+    novel = st.sidebar.checkbox("Name what the vocabulary lacks", value=base.name_novel, help=_help("name_novel"))
+    return replace(base, method=method, beam_size=beam, max_len=max_len, block_repeats=block, name_novel=novel)
 
 
 def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:
@@ -172,15 +165,17 @@ def split_or_stop(root: str, split: str) -> CocoSplit:
         st.stop()
 
 
-def caption_uploads(model: Captioner, path: Path, uploads: list[tuple[str, bytes]], decoding: dict) -> list:
+def caption_uploads(
+    model: Captioner, path: Path, uploads: list[tuple[str, bytes]], decoding: DecodeConfig
+) -> list[UploadResult]:
     """caption_files, remembered per session so moving a slider does not caption everything again."""
     memo = st.session_state.setdefault("caption_memo", {})
-    setting = (model_key(path), tuple(sorted(decoding.items())))
+    setting = (model_key(path), decoding)
     keys = [(setting, name, hashlib.sha1(data).hexdigest()) for name, data in uploads]
     todo = [(k, u) for k, u in zip(keys, uploads, strict=True) if k not in memo]
     if todo:
         with st.spinner(f"Captioning {len(todo)} image(s)..."):
-            for (key, _), result in zip(todo, caption_files(model, [u for _, u in todo], **decoding), strict=True):
+            for (key, _), result in zip(todo, caption_files(model, [u for _, u in todo], decoding), strict=True):
                 memo[key] = result
     st.session_state["caption_memo"] = {k: memo[k] for k in keys}  # forget images no longer uploaded
     return [memo[k] for k in keys]
@@ -247,7 +242,8 @@ def download_panel(expanded: bool) -> None:
             _download_progress(manager)
             return
         if status is not None and status.message:
-            st.caption(f"Last download: {plain(status.message, 200)}")
+            how = "" if status.state == downloads.FINISHED else f" {status.state}"  # failed, cancelled...
+            st.caption(f"Last download{how}: {plain(status.message, 200)}")
         limit = st.number_input("Images", 1, downloads.MAX_IMAGES, 500, step=100, help="the first N images by id")
         if st.button("Download", icon=":material/download:"):
             with st.spinner("Checking the connection..."):
@@ -263,6 +259,6 @@ def _download_progress(manager: downloads.DownloadManager) -> None:
     status = manager.status()
     if status is None or not status.running:
         st.rerun()
-    fraction = status.done / status.total if status.done is not None and status.total else 0.0
-    text = f"{status.done}/{status.total} images" if status.total else "fetching the annotations..."
-    st.progress(min(fraction, 1.0), text=f"Downloading: {text}")
+    st.progress(status.fraction, text=f"Downloading: {status.progress_text()}")
+    if st.button("Cancel download", icon=":material/stop:", disabled=status.state == downloads.STOPPING):
+        manager.cancel()  # the images that arrived stay; a new download resumes

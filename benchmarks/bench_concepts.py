@@ -20,11 +20,12 @@ import argparse
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
-from captioning.config import ModelConfig
+from captioning.config import DecodeConfig, ModelConfig
 from captioning.ensemble import EnsembleDecoder
 from captioning.inference import Captioner
 from captioning.model import CaptionModel
@@ -48,6 +49,9 @@ def _captioner(vocab: Vocabulary, concepts: str, members: int = 1) -> Captioner:
     return Captioner(models[0], vocab, device="cpu", decoder=decoder)
 
 
+UNNAMED = DecodeConfig(name_novel=False)  # each variant alone; naming is a variant of its own
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -61,23 +65,23 @@ def main() -> None:
     named = _captioner(vocab, "none")
     named._known = frozenset()  # every class name is novel: the naming always runs
     variants = {
-        "baseline (no tags)": (no_tags, {}),
-        "tags": (plain, {}),
-        "concepts init + tags": (with_concepts, {}),
-        "concepts step + tags": (_captioner(vocab, "step"), {}),
-        "guided (bonus 3) + tags": (guided, {"guide": 3.0}),
-        "named + tags": (named, {"name_novel": True}),
-        "ensemble of 2 + tags": (_captioner(vocab, "none", members=2), {}),
-        "ensemble of 3 + tags": (_captioner(vocab, "none", members=3), {}),
+        "baseline (no tags)": (no_tags, UNNAMED),
+        "tags": (plain, UNNAMED),
+        "concepts init + tags": (with_concepts, UNNAMED),
+        "concepts step + tags": (_captioner(vocab, "step"), UNNAMED),
+        "guided (bonus 3) + tags": (guided, replace(UNNAMED, guide=3.0)),
+        "named + tags": (named, DecodeConfig()),
+        "ensemble of 2 + tags": (_captioner(vocab, "none", members=2), UNNAMED),
+        "ensemble of 3 + tags": (_captioner(vocab, "none", members=3), UNNAMED),
     }
     images = [Image.new("RGB", (640, 480), (i * 40 % 255, 120, 200)) for i in range(8)]
     for captioner, options in variants.values():
-        captioner.caption(images[:1], **options)  # warm-up
+        captioner.caption(images[:1], options)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats):
         for name, (captioner, options) in variants.items():
             t = time.perf_counter()
-            captioner.caption([images[r % len(images)]], **options)
+            captioner.caption([images[r % len(images)]], options)
             times[name].append((time.perf_counter() - t) * 1000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention decoder, beam 3, max_len 20")
     print(f"{'variant':26s} {'p50 ms':>8s} {'p95 ms':>8s}")

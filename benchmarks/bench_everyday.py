@@ -24,22 +24,16 @@ def names_subject(text: str, words: list[str]) -> bool:
 
 
 def main() -> None:
+    from captioning.checkpoint import default_checkpoint
     from captioning.data import ImageLoadError, load_image
-    from captioning.inference import DEFAULT_CHECKPOINT, Captioner
+    from captioning.flags import add_decode_arguments, decode_config
+    from captioning.inference import Captioner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
     parser.add_argument("--dest", type=Path, default=Path("cache/everyday"))
-    parser.add_argument(
-        "--guide", type=float, default=0.0, help="guided decoding's bonus (0: off; needs concept words)"
-    )
     parser.add_argument("--ensemble", type=Path, action="append", help="another checkpoint to ensemble with")
-    parser.add_argument(
-        "--name-novel",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="name a confident class the vocabulary lacks (default: on, as the app and the CLI)",
-    )
+    add_decode_arguments(parser)  # the CLI's decoding flags, with its defaults
     args = parser.parse_args()
     collect(args.dest)
     captioner = Captioner.from_checkpoints([args.checkpoint, *(args.ensemble or [])], device="cpu")
@@ -52,7 +46,7 @@ def main() -> None:
         except ImageLoadError as exc:
             print(f"| {name} | (unreadable: {exc}) | | | |")
             continue
-        cap = captioner.caption([image], guide=args.guide, name_novel=args.name_novel)[0]
+        cap = captioner.caption([image], decode_config(args))[0]
         tags = ", ".join(f"{label} {p:.2f}" for label, p in cap.tags)
         hit, tag_hit = names_subject(cap.text, words), any(names_subject(t, words) for t, _ in cap.tags)
         hits, tag_hits, n = hits + hit, tag_hits + tag_hit, n + 1

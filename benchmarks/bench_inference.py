@@ -14,7 +14,7 @@ import time
 import torch
 from PIL import Image
 
-from captioning.config import ModelConfig
+from captioning.config import DecodeConfig, ModelConfig
 from captioning.inference import Captioner
 from captioning.model import CaptionModel
 from captioning.vocab import SPECIALS, Vocabulary
@@ -48,15 +48,19 @@ def main() -> None:
             model.decoder.fc.bias.zero_()
             model.decoder.fc.bias[vocab.end_id] = math.log(0.1 / 0.9 * (len(vocab) - 1))
         captioner = Captioner(model, vocab, device="cpu")
-        captioner.caption(images[:2], method="beam")  # warm-up
+        captioner.caption(images[:2], DecodeConfig(name_novel=False))  # warm-up
         for method, beam in (("greedy", 1), ("beam", 3)):
             times = []
             for r in range(args.repeats):
                 t = time.perf_counter()
-                captioner.caption([images[r % len(images)]], method=method, beam_size=beam)
+                captioner.caption(
+                    [images[r % len(images)]], DecodeConfig(method=method, beam_size=beam, name_novel=False)
+                )
                 times.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            captioner.caption(images, method=method, beam_size=beam, batch_size=args.batch)
+            captioner.caption(
+                images, DecodeConfig(method=method, beam_size=beam, name_novel=False), batch_size=args.batch
+            )
             throughput = len(images) / (time.perf_counter() - t)
             print(
                 f"{name:20s} {method + str(beam if method == 'beam' else ''):8s} {statistics.median(times):8.1f} "

@@ -79,7 +79,7 @@ class StandIn:
 def _stage(name: str, root: Path, cache: Path) -> float:
     """Run one stage (after its set-up, untimed); returns its wall time in seconds."""
     from captioning.data import CocoSplit
-    from captioning.features import build_cache
+    from captioning.features import ExtractOptions, build_cache
     from captioning.vocab import Vocabulary
 
     t = time.perf_counter()
@@ -96,8 +96,11 @@ def _stage(name: str, root: Path, cache: Path) -> float:
         t = time.perf_counter()
         encode_captions(train, vocab)
         return time.perf_counter() - t
-    cached = lambda split: build_cache(split, "efficientnet_lite0", "pooled", cache_dir=cache, encoder=StandIn(),  # noqa: E731
-                                       progress=False, num_workers=1, batch_size=64)  # fmt: skip
+
+    def cached(split):
+        options = ExtractOptions(cache_dir=cache, batch_size=64, num_workers=1, progress=False, encoder=StandIn())
+        return build_cache(split, "efficientnet_lite0", "pooled", 1, options)
+
     val = CocoSplit.load(root, "val")
     if name == "extract":
         t = time.perf_counter()

@@ -59,15 +59,14 @@ def main() -> None:
     )
     t = time.perf_counter()
     from captioning.data import CocoSplit
-    from captioning.features import build_cache
+    from captioning.features import ExtractOptions, build_cache
     from captioning.model import DECODER_CLASSES
 
     build_cache(
         CocoSplit.load(root, args.split, ids),
         "efficientnet_lite0",
         DECODER_CLASSES[args.decoder].feature_kind,
-        cache_dir=tmp / "cache",
-        progress=False,
+        options=ExtractOptions(cache_dir=tmp / "cache", progress=False),
     )
     extract = time.perf_counter() - t
     timings = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import pickle
 import subprocess
 from pathlib import Path
@@ -17,6 +18,12 @@ from captioning.vocab import Vocabulary
 
 FORMAT = "captioning-checkpoint"
 FORMAT_VERSION = 1
+SHIPPED = Path(__file__).resolve().parent / "shipped" / "default.pt"  # package data: found wherever it is installed
+
+
+def default_checkpoint() -> Path:
+    """The default model: `$CAPTIONING_CHECKPOINT` when set, else the shipped one inside the package."""
+    return Path(os.environ.get("CAPTIONING_CHECKPOINT") or SHIPPED)
 
 
 class CheckpointError(ValueError):

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.io import atomic_write_text
+from captioning.io import atomic_write_text, read_json
 from captioning.vocab import tokenize
 
 CIDER_N = 4  # 1..4-grams
@@ -63,7 +63,7 @@ class DocumentFrequencies:
 
     @classmethod
     def load(cls, path) -> DocumentFrequencies:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(Path(path).read_text(encoding="utf-8"))
         return cls(data["counts"], int(data["docs"]))
 
 

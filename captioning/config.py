@@ -1,22 +1,22 @@
-"""Frozen configuration dataclasses, saved with every checkpoint and run, and the one source of CLI flags.
+"""Frozen configuration dataclasses, saved with every checkpoint, run and score: the one source of defaults.
 
-Each field carries its help text (and choices) in its metadata: `add_arguments` turns the fields into
-argparse flags, `TrainConfig.to_argv` turns a config back into the command line that rebuilds it.
+Each field carries its help text (and choices) in its metadata, from which `flags` makes the command line's
+flags and the app its widgets.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from captioning.backbones import BACKBONES, DEFAULT_BACKBONE
+from captioning.guidance import BONUS as GUIDE_BONUS
+from captioning.naming import THRESHOLD as NAMING_THRESHOLD
 
 DECODERS = ("showtell", "attention")
 LR_SCHEDULES = ("constant", "cosine", "step")
-VAL_METHODS = ("greedy", "beam")
+METHODS = ("greedy", "beam")
 SCST_LR_SCHEDULES = ("constant", "cosine")
 SCST_STARTS = ("best", "last")
 DEVICES = ("auto", "cpu", "cuda")
@@ -106,11 +106,63 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DecodeConfig:
+    """How captions are decoded. Its defaults are the only defaults: Python, the CLI, the app and the API caption
+    an image the same way, and every recorded score records the DecodeConfig that produced it."""
+
+    method: str = option("beam", "decoding: greedy (the likeliest word at each step) or beam search", METHODS)
+    beam_size: int = option(3, "beams for --method beam")
+    max_len: int = option(20, "most words in a caption")
+    length_penalty: float = option(1.0, "beams are ranked by log-probability / length ** this")
+    block_repeats: bool = option(
+        True,
+        "block echoes: the same three words twice ('a cell phone on a cell phone') or a phrase's head again "
+        "('a cat on a table with a table')",
+        off_flag="--allow-repeats",
+    )
+    name_novel: bool = option(
+        True,
+        f"when the encoder is sure (>= {NAMING_THRESHOLD}) of an ImageNet class whose name the vocabulary lacks "
+        "(lion, bee, castle), make it the caption's subject",
+        validation=False,
+    )
+    guide: float = option(
+        0.0,
+        "guided decoding: when the encoder is confident of an ImageNet class, add BONUS to the log-probability "
+        f"of the words learned for it (bare flag: {GUIDE_BONUS}; needs a checkpoint with concept words)",
+        const=GUIDE_BONUS,
+        metavar="BONUS",
+        validation=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self, "decoding ")
+        for name in ("beam_size", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.guide < 0 or self.length_penalty < 0:
+            raise ValueError(f"guide and length_penalty cannot be negative (got {self.guide}, {self.length_penalty})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecodeConfig:
+        return _from_known(cls, data)
+
+
+# Validation scores the decoder alone (no naming, no guidance), greedily: a third of beam search's time per epoch.
+VAL_DECODING = DecodeConfig(method="greedy", name_novel=False)
+VAL_PREFIX = "val_"  # the validation decoding's fields, flat in config.json and on the command line
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run, written to `config.json` at its start and into every `last.pt`.
 
     The model it trains is `model` (ignored when `init_from` or a resume gives a checkpoint, whose model is
-    kept). Saved flat, as `to_dict` shows: model fields sit beside the training ones, as they always have.
+    kept). Saved flat, as `to_dict` shows: the model's fields sit beside the training ones, and the validation
+    decoding's with a `val_` prefix (`val_method`, `val_beam_size`, ...).
     """
 
     coco_root: str = option(None, "a COCO root: annotations/captions_SPLIT.json and SPLIT/", required=True)
@@ -124,7 +176,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     vocab_threshold: int = option(5, "words seen fewer times become <unk>")
     init_from: str | None = option(None, "fine-tune from a checkpoint, keeping its model and vocabulary")
-    # optimisation: Adam on cross-entropy, as the seed
+    # optimisation: Adam on cross-entropy (Show and Tell)
     epochs: int = option(5, "cross-entropy epochs (0 with --scst-epochs: SCST only)")
     max_steps: int | None = option(None, "stop after this many optimizer steps in all")
     batch_size: int = option(64, "captions per cross-entropy step")
@@ -153,8 +205,7 @@ class TrainConfig:
     cache_dir: str = option(DEFAULT_CACHE_DIR, "where frozen-CNN features are cached")
     num_workers: int = option(2, "image-loading worker processes")
     # validation and logging
-    val_method: str = option("greedy", "decoding of the validation captions", VAL_METHODS)
-    val_beam_size: int = option(3, "beams for --val-method beam")
+    val_decoding: DecodeConfig = field(default=VAL_DECODING)
     val_limit: int | None = option(None, "validate on the first N images only")
     patience: int | None = option(None, "early stop after N epochs without a better val CIDEr")
     log_every: int = option(10, "steps between loss records")
@@ -191,13 +242,17 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at least 1 (got {self.max_steps})")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive (got {self.lr})")
+        if self.val_decoding.name_novel or self.val_decoding.guide:
+            raise ValueError("validation scores the decoder alone: its decoding cannot name or guide")
         if self.model.finetune_cnn and not self.end_to_end:
             raise ValueError("finetune_cnn needs end_to_end (cached features come from a frozen CNN)")
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat: the training fields, then the model's (without vocab_size, which the vocabulary sets)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        """Flat: the training fields, the model's (without vocab_size, which the vocabulary sets), then the
+        validation decoding's with the `val_` prefix."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "val_decoding")}
         data.update({k: v for k, v in self.model.to_dict().items() if k != "vocab_size"})
+        data.update({VAL_PREFIX + f.name: getattr(self.val_decoding, f.name) for f in validation_fields()})
         return data
 
     @classmethod
@@ -206,83 +261,31 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ValueError(f"a TrainConfig must be a JSON object (got {type(data).__name__})")
         model = data.get("model") if isinstance(data.get("model"), dict) else data
-        return _from_known(cls, data, model=ModelConfig.from_dict(model))
+        return _from_known(cls, data, model=ModelConfig.from_dict(model), val_decoding=_val_decoding(data))
 
     @classmethod
     def of(cls, **values: Any) -> TrainConfig:
-        """From flat keyword arguments, model fields among them, as the CLI and config.json spell them."""
-        model, rest = _split_model(values)
-        return cls(model=ModelConfig(**model), **rest)
-
-    def with_values(self, **values: Any) -> TrainConfig:
-        """A copy with training or model fields changed by name."""
-        model, rest = _split_model(values)
-        return replace(self, model=replace(self.model, **model), **rest)
+        """From flat keyword arguments, as the CLI and config.json spell them (model and `val_` fields among them)."""
+        names = {f.name for f in fields(ModelConfig)}
+        decoding = {VAL_PREFIX + f.name for f in validation_fields()}
+        model = {k: v for k, v in values.items() if k in names}
+        rest = {k: v for k, v in values.items() if k not in names and k not in decoding}
+        return cls(model=ModelConfig(**model), val_decoding=_val_decoding(values), **rest)
 
     def to_argv(self) -> list[str]:
         """The `python -m captioning train` flags that rebuild this config (defaults left out)."""
-        argv: list[str] = []
-        defaults = {f.name: f for f in _cli_fields()}
-        values = self.to_dict()
-        for name, f in defaults.items():
-            value, default = values[name], f.default
-            if value == default and not f.metadata.get("required"):
-                continue
-            if isinstance(value, bool):
-                argv += [_flag(name)] if value else []
-            elif value is None:
-                argv.append(f.metadata["none_flag"])
-            else:
-                argv += [_flag(name), str(value)]
-        return argv
+        from captioning.flags import to_argv
+
+        return to_argv(self)
 
 
-def _split_model(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    names = {f.name for f in fields(ModelConfig)}
-    return {k: v for k, v in values.items() if k in names}, {k: v for k, v in values.items() if k not in names}
+def validation_fields() -> list[Field]:
+    """The DecodeConfig fields validation uses (it scores the decoder alone: no naming, no guidance)."""
+    return [f for f in fields(DecodeConfig) if f.metadata.get("validation", True)]
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _cli_fields() -> list[dataclasses.Field]:
-    """The fields with a command-line flag: TrainConfig's, with ModelConfig's in place of `model`."""
-    out = []
-    for f in fields(TrainConfig):
-        out += [m for m in fields(ModelConfig) if m.metadata["cli"]] if f.name == "model" else [f]
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, defaults: bool = False) -> None:
-    """Add a flag per config field (or the fields named in `only`), with its help and default.
-
-    With `defaults=False` an unset flag parses to None, so `config_from_args` keeps the dataclass's default
-    (and a resume can tell what was asked for again); with True the default is filled in.
-    """
-    hints = {**typing.get_type_hints(ModelConfig), **typing.get_type_hints(TrainConfig)}
-    for f in _cli_fields():
-        if only is not None and f.name not in only:
-            continue
-        meta, kind = f.metadata, next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t)
-        shown = "" if f.default is None or meta.get("required") else f" (default: {f.default})"
-        kw: dict[str, Any] = {"help": meta["help"] + shown, "default": f.default if defaults else None}
-        if kind is bool:
-            parser.add_argument(_flag(f.name), action="store_true", **{**kw, "default": False if defaults else None})
-            continue
-        if meta.get("required"):
-            kw["required"] = True
-        parser.add_argument(_flag(f.name), type=kind, choices=meta["choices"], **kw)
-        if meta.get("none_flag"):
-            parser.add_argument(
-                meta["none_flag"], dest=f.name, action="store_const", const=_NONE, help=meta["none_help"]
-            )
-
-
-_NONE = "\0none"  # what a --no-X flag stores, so that "not given" (None) stays distinguishable
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed `add_arguments` flags: what was given, the dataclass defaults for the rest."""
-    values = {f.name: getattr(args, f.name) for f in _cli_fields() if getattr(args, f.name, None) is not None}
-    return TrainConfig.of(**{k: None if v == _NONE else v for k, v in values.items()})
+def _val_decoding(values: dict[str, Any]) -> DecodeConfig:
+    """The validation DecodeConfig from flat `val_` keys (old config.json files have val_method and
+    val_beam_size), VAL_DECODING for the rest."""
+    given = {f.name: values[VAL_PREFIX + f.name] for f in validation_fields() if VAL_PREFIX + f.name in values}
+    return replace(VAL_DECODING, **given)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -19,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from captioning.io import read_json
+
 IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # the file types the app offers
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may decode them as (JPEG includes MPO)
-IMAGE_MIME_TYPES = tuple(f"image/{f.lower()}" for f in IMAGE_FORMATS)
 MAX_IDS_BYTES = 16_000_000  # an ids file of every COCO image is about 1 MB
 MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"  # the embedded COCO sample: 150 train, 60 val
@@ -49,15 +48,15 @@ def warn_skipped(what: str, names: list[str], reason: str) -> None:
         )
 
 
-def load_image(source: Path | str | bytes | io.BytesIO) -> Image.Image:
+def load_image(source: Path | str | bytes | io.BytesIO, name: str | None = None) -> Image.Image:
     """Open an image file or bytes as an upright RGB PIL image.
 
     Only the formats the app offers are read (`IMAGE_FORMATS`: never EPS or another format whatever the file's
     name says), up to MAX_PIXELS, first frame of an animation. Applies the EXIF orientation; converts grayscale,
     CMYK, palette, alpha and 16-bit images to 8-bit RGB (transparent areas on white). Raises ImageLoadError with
-    a clear reason.
+    a clear reason, which calls the image `name` (default: its path, else "the uploaded file").
     """
-    name = str(source) if isinstance(source, (str, Path)) else "the uploaded file"
+    name = name or (str(source) if isinstance(source, (str, Path)) else "the uploaded file")
     if isinstance(source, (str, Path)):
         _check_regular_file(Path(source), name)
     if isinstance(source, bytes):
@@ -155,7 +154,7 @@ def parse_ids(data: bytes, name: str = "the ids file") -> list[int]:
         raise DatasetError(f"{name} is too large (at most {MAX_IDS_BYTES:,} bytes)")
     try:
         text = data.decode("utf-8").strip()
-        values = json.loads(text) if text.startswith("[") else text.split()
+        values = read_json(text) if text.startswith("[") else text.split()
     except (UnicodeDecodeError, ValueError):
         raise DatasetError(
             f"{name} must hold image ids, one per line or a JSON list; it is not readable text"
@@ -228,7 +227,7 @@ def read_coco(ann_file: Path):
 
     try:
         with open(ann_file, "rb") as f:
-            data = json.load(f)
+            data = read_json(f.read())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{ann_file} is not a COCO captions file ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -270,17 +269,6 @@ def _good_caption(ann, known: set[int]) -> bool:
         and ann["image_id"] in known
         and _is_int(ann.get("id"))
     )
-
-
-def search_captions(split: CocoSplit, query: str) -> list[int]:
-    """Ids whose reference captions contain every word of `query` (or the id itself, for digits)."""
-    words = re.findall(r"[a-z0-9']+", query.lower())
-    if not words:
-        return list(split.ids)
-    if len(words) == 1 and words[0].isdigit() and int(words[0]) in split.files:
-        return [int(words[0])]
-    patterns = [re.compile(rf"\b{re.escape(w)}\b") for w in words]
-    return [i for i in split.ids if all(any(p.search(c.lower()) for c in split.captions[i]) for p in patterns)]
 
 
 def collate_captions(

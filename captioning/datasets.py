@@ -6,8 +6,9 @@ import torch
 from torch.utils.data import Dataset
 
 from captioning.backbones import Preprocess
-from captioning.data import CocoSplit, ImageLoadError, load_image
+from captioning.data import CocoSplit
 from captioning.features import FeatureStore
+from captioning.loader import load_views
 from captioning.vocab import Vocabulary
 
 MAX_CAPTION_TOKENS = 32  # <start> + 30 words + <end>: a few COCO captions run on far longer
@@ -79,13 +80,10 @@ class ImagePairs(Dataset):
 
     def __getitem__(self, i: int):
         image_id, caption = self.pairs[i]
-        try:
-            x = self.preprocess(load_image(self.split.files[image_id]))  # (3, S, S)
-        except ImageLoadError:
+        views = load_views(self.split.files[image_id], self.preprocess, views=2 if self.flip else 1)
+        if views is None:
             return None, self.split.files[image_id].name
-        if self.flip and (i + self.epoch + self.seed) % 2:
-            x = x.flip(-1)
-        return x, caption
+        return views[(i + self.epoch + self.seed) % len(views)], caption  # (3, S, S)
 
 
 def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

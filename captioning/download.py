@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from captioning.io import read_json
+
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 ANNOTATIONS_ZIP = "annotations/annotations_trainval2017.zip"
 SPLITS = ("train2017", "val2017")
@@ -27,6 +30,9 @@ SPLITS = ("train2017", "val2017")
 _WORKERS = 8
 _CHUNK = 1 << 16
 _USER_AGENT = "captioning-download/1.0"
+
+# on_progress(stage, done, total): "annotations" counts bytes of the zip, "images" counts images (total may be None)
+Progress = Callable[[str, int, int | None], None]
 
 
 class DownloadError(RuntimeError):
@@ -67,11 +73,11 @@ class _Client:
             f"or copy COCO into {self.dest} by hand"
         )
 
-    def fetch(self, url: str, dest: Path, show: bool = False) -> None:
+    def fetch(self, url: str, dest: Path, show: bool = False, report: Progress | None = None) -> None:
         """Download url to dest; raises HTTPError or a network error once retries run out."""
         for attempt in range(self.retries + 1):
             try:
-                self._fetch_once(url, dest, show)
+                self._fetch_once(url, dest, show, report)
                 return
             except HTTPError as err:
                 self.reached = True
@@ -87,7 +93,7 @@ class _Client:
                     raise
             time.sleep(self.backoff * 2**attempt)
 
-    def _fetch_once(self, url: str, dest: Path, show: bool) -> None:
+    def _fetch_once(self, url: str, dest: Path, show: bool, report: Progress | None = None) -> None:
         part = dest.with_name(dest.name + ".part")
         start = part.stat().st_size if part.exists() else 0
         request = Request(url, headers={"User-Agent": _USER_AGENT})
@@ -100,7 +106,7 @@ class _Client:
             if err.code == 416 and start:
                 # The .part already holds the whole file (or junk): start over.
                 part.unlink()
-                self._fetch_once(url, dest, show)
+                self._fetch_once(url, dest, show, report)
                 return
             raise
         self.reached = True
@@ -112,36 +118,32 @@ class _Client:
             received = 0
             total = None if expected is None else start + expected
             bar = tqdm(
-                total=total,
-                initial=start,
-                desc=dest.name,
-                disable=not show,
-                unit="B",
-                unit_scale=True,
-                leave=False,
+                total=total, initial=start, desc=dest.name, disable=not show, unit="B", unit_scale=True, leave=False
             )
             with part.open("ab" if start else "wb") as out, bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    if report is not None:  # the zip's: images report as they complete
+                        report("annotations", start + received, total)
         # http.client returns a short body silently when the connection drops.
         if expected is not None and received < expected:
             raise http.client.IncompleteRead(b"", expected - received)
         os.replace(part, dest)
 
 
-def _fetch_required(client: _Client, url: str, dest: Path, show: bool) -> None:
+def _fetch_required(client: _Client, url: str, dest: Path, show: bool, report: Progress) -> None:
     """Fetch a file the run cannot do without; any failure becomes a DownloadError."""
     try:
-        client.fetch(url, dest, show)
+        client.fetch(url, dest, show, report)
     except HTTPError as err:
         raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from err
     except _NETWORK_ERRORS as err:
         raise client.unreachable(err) from err
 
 
-def _read_captions(client: _Client, dest: Path, split: str, show: bool) -> bytes:
+def _read_captions(client: _Client, dest: Path, split: str, show: bool, report: Progress) -> bytes:
     """Return captions_<split>.json from the annotations zip, fetching the zip if needed."""
     url = f"{client.base_url}/{ANNOTATIONS_ZIP}"
     zip_path = dest / Path(ANNOTATIONS_ZIP).name
@@ -149,7 +151,7 @@ def _read_captions(client: _Client, dest: Path, split: str, show: bool) -> bytes
     refetched = False
     while True:
         if not zip_path.exists():
-            _fetch_required(client, url, zip_path, show)
+            _fetch_required(client, url, zip_path, show, report)
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 return archive.read(member)  # checks the CRC too
@@ -205,6 +207,7 @@ def download_coco(
     progress: bool = True,
     *,
     backoff: float = 0.5,
+    on_progress: Progress | None = None,
 ) -> DownloadSummary:
     """Download COCO 2017 captions and images into dest, in the standard COCO layout.
 
@@ -217,6 +220,8 @@ def download_coco(
         timeout: seconds to wait on a silent connection.
         progress: show tqdm progress bars.
         backoff: first pause between tries in seconds; it doubles each time.
+        on_progress: called as on_progress(stage, done, total) while the zip ("annotations", bytes) and the
+            images ("images", counting those already there) arrive; `ProgressFile` writes it for another process.
 
     Returns:
         A DownloadSummary; images that failed (e.g. HTTP 404) are listed, not raised.
@@ -233,7 +238,8 @@ def download_coco(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     client = _Client(base_url.rstrip("/"), dest, retries, timeout, backoff)
-    annotations, images = _write_captions(client, dest, split, limit, progress)
+    on_progress = on_progress or (lambda *_: None)
+    annotations, images = _write_captions(client, dest, split, limit, progress, on_progress)
     images_dir = dest / split
     images_dir.mkdir(parents=True, exist_ok=True)
     todo: dict[str, Path] = {}
@@ -243,17 +249,19 @@ def download_coco(
         if not target.exists():  # final names appear only once complete
             todo[_image_url(image, split, client.base_url)] = target
     skipped = len(images) - len(todo)
-    downloaded, failed = _fetch_images(client, todo, len(images), skipped, split, progress)
+    downloaded, failed = _fetch_images(client, todo, len(images), skipped, split, progress, on_progress)
     return DownloadSummary(split, annotations, images_dir, downloaded, skipped, sorted(failed))
 
 
-def _write_captions(client: _Client, dest: Path, split: str, limit: int | None, progress: bool) -> tuple[Path, list]:
+def _write_captions(
+    client: _Client, dest: Path, split: str, limit: int | None, progress: bool, report: Progress
+) -> tuple[Path, list]:
     """Write annotations/captions_<split>.json (cut to the first `limit` images by id); (its path, its images).
 
     Rewritten from the kept zip on every run, so a new limit takes effect.
     """
-    raw = _read_captions(client, dest, split, progress)
-    captions = json.loads(raw)
+    raw = _read_captions(client, dest, split, progress, report)
+    captions = read_json(raw)
     images = sorted(captions["images"], key=lambda image: image["id"])
     if limit is not None and limit < len(images):
         subset = _subset(captions, images[:limit], len(images))
@@ -265,10 +273,11 @@ def _write_captions(client: _Client, dest: Path, split: str, limit: int | None, 
 
 
 def _fetch_images(
-    client: _Client, todo: dict[str, Path], total: int, skipped: int, split: str, progress: bool
+    client: _Client, todo: dict[str, Path], total: int, skipped: int, split: str, progress: bool, report: Progress
 ) -> tuple[int, list[str]]:
     """Fetch url -> file in parallel; (how many arrived, names of those that failed)."""
     downloaded, failed = 0, []
+    report("images", skipped, total)
     with (
         tqdm(total=total, initial=skipped, unit="img", desc=split, disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=_WORKERS) as pool,
@@ -282,8 +291,35 @@ def _fetch_images(
                 except _NETWORK_ERRORS:  # HTTPError included
                     failed.append(futures[future])
                 bar.update()
+                report("images", skipped + downloaded + len(failed), total)
         except BaseException:
             # Offline or Ctrl-C: don't start thousands of fetches that will fail too.
             pool.shutdown(cancel_futures=True)
             raise
     return downloaded, failed
+
+
+class ProgressFile:
+    """Writes a download's progress as JSON lines for another process to watch, each line flushed at once:
+    {"event": "progress", "stage", "done", "total"} (at most one a percent), then one ending record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")  # this run's records only
+        self._shown: tuple[str, int] | None = None
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        step = done * 100 // total if total else done >> 20  # a percent; without a total, a MiB
+        if (stage, step) != self._shown:
+            self._shown = (stage, step)
+            self.write({"event": "progress", "stage": stage, "done": done, "total": total})
+
+    def end(self, event: str, message: str, **fields) -> None:
+        """The last record: "finished" or "failed", with a sentence for the user."""
+        self.write({"event": event, "message": message, **fields})
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()

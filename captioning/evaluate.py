@@ -1,11 +1,13 @@
-"""Caption a COCO split and score it with the COCO caption metrics, as a whole or per image."""
+"""Caption a split and score it with the COCO caption metrics, as a whole or per image."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
+from captioning.config import DecodeConfig
+from captioning.data import CocoSplit, warn_skipped
 from captioning.inference import Captioner
+from captioning.loader import batches
 from captioning.metrics import IdfSet, idf_set, score_captions
 
 
@@ -13,40 +15,21 @@ def caption_split(
     captioner: Captioner,
     split: CocoSplit,
     ids: Iterable[int],
-    method: str = "beam",
-    beam_size: int = 3,
-    max_len: int = 20,
+    decoding: DecodeConfig = DecodeConfig(),
     batch_size: int = 16,
     on_batch: Callable[[int, int], None] | None = None,
-    block_repeats: bool = True,
-    guide: float = 0.0,
-    name_novel: bool = False,
 ) -> dict[int, str]:
     """image id -> caption for `ids`; unreadable images are skipped with one warning."""
     ids = list(ids)
     out: dict[int, str] = {}
     bad: list[str] = []
-    for start in range(0, len(ids), batch_size):
-        chunk, images = [], []
-        for i in ids[start : start + batch_size]:
-            try:
-                images.append(load_image(split.files[i]))
-                chunk.append(i)
-            except ImageLoadError:
-                bad.append(split.files[i].name)
-        if images:
-            caps = captioner.caption(
-                images,
-                method=method,
-                beam_size=beam_size,
-                max_len=max_len,
-                block_repeats=block_repeats,
-                guide=guide,
-                name_novel=name_novel,
-            )
-            out.update({i: c.text for i, c in zip(chunk, caps)})
+    for batch in batches(ids, split.files, captioner.preprocess, batch_size):
+        bad += [split.files[i].name for i in batch.skipped]
+        if batch.keys:
+            caps = captioner.caption_features(captioner.encode(batch.pixels), decoding)
+            out.update({i: c.text for i, c in zip(batch.keys, caps, strict=True)})
         if on_batch:
-            on_batch(min(start + batch_size, len(ids)), len(ids))
+            on_batch(len(out) + len(bad), len(ids))
     warn_skipped(f"split {split.split}", bad, "could not be read")
     return out
 
@@ -54,30 +37,14 @@ def caption_split(
 def evaluate(
     captioner: Captioner,
     split: CocoSplit,
-    method: str = "beam",
-    beam_size: int = 3,
-    max_len: int = 20,
+    decoding: DecodeConfig = DecodeConfig(),
     limit: int | None = None,
     meteor: bool | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-    block_repeats: bool = True,
-    guide: float = 0.0,
-    name_novel: bool = False,
 ) -> tuple[dict[str, float], dict[int, str], list[str]]:
     """Corpus scores (keys BLEU-1..4, METEOR, ROUGE-L, CIDEr, images), captions, notes."""
     ids = split.ids[:limit] if limit else split.ids
-    preds = caption_split(
-        captioner,
-        split,
-        ids,
-        method,
-        beam_size,
-        max_len,
-        on_batch=on_batch,
-        block_repeats=block_repeats,
-        guide=guide,
-        name_novel=name_novel,
-    )
+    preds = caption_split(captioner, split, ids, decoding, on_batch=on_batch)
     scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
     return {**scores.corpus, "images": len(preds)}, preds, scores.notes
 
@@ -88,11 +55,11 @@ def score_images(
     ids: list[int],
     on_batch: Callable[[int, int], None] | None = None,
     idf: IdfSet | None = None,
-    **decoding,
+    decoding: DecodeConfig = DecodeConfig(),
 ) -> dict[int, dict]:
     """image id -> {"caption", "BLEU-4", "CIDEr"}; CIDEr's idf comes from the whole split (`idf`, when given,
     is its `idf_set`)."""
-    preds = caption_split(captioner, split, ids, on_batch=on_batch, **decoding)
+    preds = caption_split(captioner, split, ids, decoding, on_batch=on_batch)
     if not preds:
         return {}
     scores = score_captions(preds, split.captions, meteor=False, idf_references=idf or split.captions)
@@ -103,11 +70,15 @@ SCORE_CHUNK = 128  # images captioned and scored together by `iter_scores`: what
 
 
 def iter_scores(
-    captioner: Captioner, split: CocoSplit, ids: list[int], chunk: int = SCORE_CHUNK, **decoding
+    captioner: Captioner,
+    split: CocoSplit,
+    ids: list[int],
+    decoding: DecodeConfig = DecodeConfig(),
+    chunk: int = SCORE_CHUNK,
 ) -> Iterator[tuple[dict[int, dict], int]]:
     """`score_images` a chunk at a time: yields (that chunk's scores, images done so far), so a caller can keep
     each chunk's results (and show progress) as they come; CIDEr's idf is the whole split's for every chunk."""
     idf = idf_set(split.captions) if ids else None
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
-        yield score_images(captioner, split, part, idf=idf, **decoding), start + len(part)
+        yield score_images(captioner, split, part, idf=idf, decoding=decoding), start + len(part)

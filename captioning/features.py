@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from captioning import distributed as dist
 from captioning.backbones import build_backbone, get_spec
 from captioning.config import DEFAULT_CACHE_DIR, SHARD_IMAGES
-from captioning.data import CocoSplit, ImageLoadError, load_image, warn_skipped
-from captioning.io import atomic_write, atomic_write_text, file_lock
+from captioning.data import CocoSplit, warn_skipped
+from captioning.io import atomic_write, atomic_write_text, file_lock, read_json
+from captioning.loader import batches
 from captioning.model import grid_to_features
 
 
@@ -50,30 +50,6 @@ def split_dir(cache_dir: Path, backbone: str, kind: str, views: int, split: Coco
     root = str(Path(split.root).resolve())
     tag = hashlib.sha1(f"{root}|{split.split}".encode()).hexdigest()[:8]
     return Path(cache_dir) / cache_key(backbone, kind, views) / f"{split.split}-{tag}"
-
-
-class _Images(Dataset):
-    """Preprocessed images and their flipped views; unreadable images give None."""
-
-    def __init__(self, split: CocoSplit, ids: list[int], backbone: str, views: int) -> None:
-        self.split, self.ids, self.views = split, ids, views
-        self.preprocess = get_spec(backbone).preprocess
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        image_id = self.ids[i]
-        try:
-            x = self.preprocess(load_image(self.split.files[image_id]))  # (3, S, S)
-        except ImageLoadError:
-            return image_id, None
-        views = [x, x.flip(-1)][: self.views]
-        return image_id, torch.stack(views)  # (views, 3, S, S)
-
-
-def _collate(items):
-    return [i for i, _ in items], [x for _, x in items]
 
 
 @dataclass
@@ -96,40 +72,41 @@ class FeatureStore:
         return torch.from_numpy(np.stack(rows)).float()
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How `build_cache` extracts: where the cache is, on what device, and who hears of progress or asks to stop."""
+
+    cache_dir: Path | str = DEFAULT_CACHE_DIR
+    device: str | torch.device = "cpu"
+    batch_size: int = 32
+    num_workers: int = 2
+    progress: bool = True  # a tqdm bar
+    encoder: torch.nn.Module | None = None  # the frozen CNN; built from the backbone when None (tests count)
+    on_batch: Callable[[int, int], None] | None = None  # (images done, images to do) by this rank
+    should_stop: Callable[[], bool] | None = None
+    ctx: dist.DistContext | None = None  # under torchrun, every rank calls build_cache and extracts its share
+    shard_images: int = SHARD_IMAGES  # the most a kill can lose
+
+
 def build_cache(
-    split: CocoSplit,
-    backbone: str,
-    kind: str,
-    *,
-    views: int = 1,
-    cache_dir: Path | str = DEFAULT_CACHE_DIR,
-    device: str | torch.device = "cpu",
-    batch_size: int = 32,
-    num_workers: int = 2,
-    progress: bool = True,
-    encoder: torch.nn.Module | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    ctx: dist.DistContext | None = None,
-    shard_images: int = SHARD_IMAGES,
+    split: CocoSplit, backbone: str, kind: str, views: int = 1, options: ExtractOptions | None = None
 ) -> FeatureStore:
     """Extract whatever features of `split` are not cached yet, then open the cache.
 
-    Every rank of `ctx` calls it; each extracts its share. Raises ExtractionStopped (on every rank) when
-    `should_stop` said so on any rank; the finished shards are kept.
+    Every rank of `options.ctx` calls it; each extracts its share. Raises ExtractionStopped (on every rank)
+    when `options.should_stop` said so on any rank; the finished shards are kept.
 
     Args:
         kind: "pooled" (B, C) or "grid" (B, N, C), as the decoder needs.
         views: 1 (the image) or 2 (the image and its horizontal flip, for augmentation).
-        encoder: the frozen CNN to use; built from `backbone` when None (tests pass a counting one).
-        on_batch: called with (images done, images to do) by this rank.
     """
+    opt = options or ExtractOptions()
     if kind not in ("pooled", "grid") or views not in (1, 2):
         raise ValueError("kind must be pooled or grid, views 1 or 2")
-    if shard_images < 1:
+    if opt.shard_images < 1:
         raise ValueError("shard_images must be at least 1")
-    ctx = ctx or dist.DistContext()
-    folder = split_dir(cache_dir, backbone, kind, views, split)
+    ctx = opt.ctx or dist.DistContext()
+    folder = split_dir(opt.cache_dir, backbone, kind, views, split)
     meta = {
         "backbone": backbone,
         "source": get_spec(backbone).source,
@@ -146,11 +123,10 @@ def build_cache(
         index = _read_index(folder, meta)
         have = {i for s in index["shards"] for i in s["ids"]}
         todo = [i for i in split.ids if i not in have and str(i) not in index["skipped"]]
-        mine = [todo[k : k + shard_images] for k in range(0, len(todo), shard_images)][ctx.rank :: ctx.world]
+        size = opt.shard_images
+        mine = [todo[k : k + size] for k in range(0, len(todo), size)][ctx.rank :: ctx.world]
         job = _Extraction(folder, meta, f"{len(index['shards']):04d}-r{ctx.rank}", split, backbone, views)
-        stopped = bool(mine) and job.run(
-            mine, device, batch_size, num_workers, progress, encoder, on_batch, should_stop
-        )
+        stopped = bool(mine) and job.run(mine, opt)
         stopped = dist.any_true(stopped, ctx)
         if ctx.rank == 0:
             _settle(folder, meta)
@@ -183,7 +159,7 @@ def _read_index(folder: Path, meta: dict) -> dict:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -224,28 +200,24 @@ class _Extraction:
         self.part = {"meta": meta, "shards": [], "skipped": {}}
 
     @torch.inference_mode()
-    def run(self, chunks, device, batch_size, num_workers, progress, encoder, on_batch, should_stop) -> bool:
+    def run(self, chunks: list[list[int]], opt: ExtractOptions) -> bool:
         """Extract every chunk of ids into a shard of its own; True when stopped on request."""
         from tqdm import tqdm
 
-        device = torch.device(device)
-        net = (encoder or build_backbone(self.backbone, pretrained=True)).to(device).eval()
+        device, batch_size = torch.device(opt.device), opt.batch_size
+        net = (opt.encoder or build_backbone(self.backbone, pretrained=True)).to(device).eval()
         flat = [i for chunk in chunks for i in chunk]
-        batches, at = [], 0  # batches never cross a shard, so every shard sees the same batches on any rerun
+        batch_list, at = [], 0  # batches never cross a shard, so every shard sees the same batches on any rerun
         for chunk in chunks:
-            batches += [
+            batch_list += [
                 list(range(at + j, at + min(j + batch_size, len(chunk)))) for j in range(0, len(chunk), batch_size)
             ]
             at += len(chunk)
-        loader = DataLoader(
-            _Images(self.split, flat, self.backbone, self.views),
-            batch_sampler=batches,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            generator=torch.Generator(),  # leaves the global RNG alone: training must not depend on a cache hit
-        )
+        preprocess = get_spec(self.backbone).preprocess
+        loader = batches(flat, self.split.files, preprocess, views=self.views, num_workers=opt.num_workers,
+                         batch_sampler=batch_list)  # fmt: skip
         self.batches, self.done, self.total = iter(loader), 0, len(flat)
-        with tqdm(total=len(flat), desc=f"features {self.split.split}", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(flat), desc=f"features {self.split.split}", unit="img", disable=not opt.progress) as bar:
             for k, chunk in enumerate(chunks):
                 name = f"shard-{self.tag}-{k:04d}.npy"
                 try:
@@ -257,8 +229,8 @@ class _Extraction:
                             net=net,
                             device=device,
                             bar=bar,
-                            on_batch=on_batch,
-                            stop=should_stop,
+                            on_batch=opt.on_batch,
+                            stop=opt.should_stop,
                         ),
                     )
                 except ExtractionStopped:
@@ -275,19 +247,19 @@ class _Extraction:
         while len(ids) + len(skipped) < len(chunk):
             if stop and stop():
                 raise ExtractionStopped
-            batch_ids, xs = next(self.batches)
-            good = [(i, x) for i, x in zip(batch_ids, xs) if x is not None]
-            skipped.update({str(i): "unreadable" for i, x in zip(batch_ids, xs) if x is None})
+            batch = next(self.batches)
+            skipped.update({str(i): "unreadable" for i in batch.skipped})
+            good = batch.keys
             if good:
-                batch = torch.cat([x for _, x in good]).to(device)  # (n*views, 3, S, S)
-                feats = grid_to_features(net(batch), self.kind)  # (n*views, C) or (n*views, N, C)
+                feats = grid_to_features(net(batch.pixels.to(device)), self.kind)  # (n*views, C) or (n*views, N, C)
                 feats = feats.reshape(len(good), self.views, *feats.shape[1:]).cpu().numpy().astype(self.dtype)
                 if array is None:  # rows for every image of the chunk; an unreadable one leaves a row unused
                     array = np.lib.format.open_memmap(path, "w+", self.dtype, (len(chunk), *feats.shape[1:]))
                 array[len(ids) : len(ids) + len(good)] = feats
-                ids += [i for i, _ in good]
-            self.done += len(batch_ids)
-            bar.update(len(batch_ids))
+                ids += good
+            n = len(good) + len(batch.skipped)
+            self.done += n
+            bar.update(n)
             if on_batch:
                 on_batch(self.done, self.total)
         if array is None:  # nothing readable: a placeholder row, so every shard can be memory-mapped

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import torch
 
-from captioning.decoding import FUNCTION_WORDS
+from captioning.repeats import FUNCTION_WORDS
 from captioning.vocab import Vocabulary, tokenize
 
 MIN_MASS = 1.5  # a class must hold at least this much probability over the split to learn its words

@@ -1,4 +1,4 @@
-"""`Captioner`: load a checkpoint once, caption PIL images (or uploaded files) with greedy or beam search."""
+"""`Captioner`: load a checkpoint once, caption PIL images as a `DecodeConfig` says."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import torch
 from PIL import Image
 
 from captioning import concepts, naming
-from captioning.checkpoint import load_checkpoint, model_from_checkpoint
-from captioning.data import ImageLoadError, load_image, to_rgb
-from captioning.decoding import Hypothesis, check_decoding, decode
+from captioning.checkpoint import default_checkpoint, load_checkpoint, model_from_checkpoint
+from captioning.config import DecodeConfig
+from captioning.data import to_rgb
+from captioning.decoding import Hypothesis, decode
 from captioning.device import resolve_device
 from captioning.ensemble import EnsembleDecoder, check_members
 from captioning.guidance import guide_bonus
 from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary, detokenize
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.pt"
 
 
 @dataclass
@@ -58,7 +57,9 @@ class Captioner:
         self._known = frozenset(vocab.itos)  # the words the decoder can say
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str = DEFAULT_CHECKPOINT, device: str = "auto") -> Captioner:
+    def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto") -> Captioner:
+        """The model in `path` (default: `checkpoint.default_checkpoint()`)."""
+        path = path or default_checkpoint()
         ckpt = load_checkpoint(Path(path))
         model, vocab = model_from_checkpoint(ckpt, source=str(path))
         info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
@@ -90,47 +91,47 @@ class Captioner:
         return bool(self.info.get("concept_words")) and concepts.has_head(self.model.cfg.backbone)
 
     @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Features of preprocessed images (B, 3, S, S) (`loader` makes them): (B, C) or (B, N, C)."""
+        return self.model.encode(pixels.to(self.device))
+
     def features(self, images: list[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self.preprocess(to_rgb(im)) for im in images]).to(self.device)
-        return self.model.encode(batch)
+        return self.encode(torch.stack([self.preprocess(to_rgb(im)) for im in images]))
 
     def caption(
-        self,
-        images: list[Image.Image],
-        method: str = "beam",
-        beam_size: int = 3,
-        max_len: int = 20,
-        batch_size: int = 16,
-        block_repeats: bool = True,
-        guide: float = 0.0,
-        name_novel: bool = False,
+        self, images: list[Image.Image], decoding: DecodeConfig = DecodeConfig(), batch_size: int = 16
     ) -> list[Caption]:
-        """Caption each image; `method` is "greedy" or "beam" (beam size 1 equals greedy).
+        """Caption each image as `decoding` says (see `DecodeConfig`: its defaults are the CLI's and the app's).
 
-        `block_repeats` forbids echoes (see `decoding.decode`); `guide` > 0 adds that much log-probability to
-        the words of a confident ImageNet class (see `guidance`; a ValueError when the checkpoint has no
-        concept words); `name_novel` names the subject after a confident class the vocabulary lacks (see
-        `naming`; nothing changes for a backbone without an ImageNet head).
+        `decoding.guide` > 0 adds that much log-probability to the words of a confident ImageNet class (see
+        `guidance`; a ValueError when the checkpoint has no concept words); `decoding.name_novel` names the
+        subject after a confident class the vocabulary lacks (see `naming`; nothing changes for a backbone
+        without an ImageNet head).
         """
-        check_decoding(method, beam_size, max_len)
-        if guide and not self.can_guide:
+        out: list[Caption] = []
+        for start in range(0, len(images), batch_size):
+            feats = self.features(images[start : start + batch_size])
+            out += self.caption_features(feats, decoding)
+        return out
+
+    def caption_features(self, feats: torch.Tensor, decoding: DecodeConfig) -> list[Caption]:
+        """Captions of a batch of encoded images (`features`, `encode`)."""
+        if decoding.guide and not self.can_guide:
             raise ValueError(
                 "guided decoding needs a checkpoint with concept words (python -m captioning concept-words) "
                 "and an EfficientNet-Lite encoder"
             )
-        out: list[Caption] = []
-        for start in range(0, len(images), batch_size):
-            feats = self.features(images[start : start + batch_size])
-            probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
-            hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=guide) if guide else None
-            groups = decode(self.decoder, feats, self.vocab, method, beam_size, max_len, block_repeats, hint)
-            grid = self._grid_size(feats)
-            tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
-            caps = [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
-            if name_novel and probs is not None:
-                caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
-            out += caps
-        return out
+        probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
+        hint = None
+        if decoding.guide:
+            hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=decoding.guide)
+        groups = decode(self.decoder, feats, self.vocab, decoding, hint)
+        grid = self._grid_size(feats)
+        tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
+        caps = [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
+        if decoding.name_novel and probs is not None:
+            caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
+        return caps
 
     def _name_novel(self, cap: Caption, probs: list[float]) -> Caption:
         """`cap` with its subject named after a confident ImageNet class the vocabulary lacks, if there is one."""
@@ -174,35 +175,3 @@ class Captioner:
         if best.attention is not None and grid is not None:
             attention = [a.reshape(grid) for a in best.attention[:n]]
         return Caption(best.text, words, best.word_probs[:n], best.logprob, best.score, hyps, attention, grid)
-
-
-THUMBNAIL = 1024  # longest side of the copy an upload keeps for display (a 40-megapixel decode is 120 MB)
-
-
-@dataclass
-class UploadResult:
-    """One uploaded file: a display-sized copy of its image and its caption, or why it could not be captioned."""
-
-    name: str
-    image: Image.Image | None = None
-    caption: Caption | None = None
-    error: str | None = None
-
-
-def caption_files(captioner: Captioner, files: list[tuple[str, bytes]], **decoding) -> list[UploadResult]:
-    """Caption each file; one that cannot be read gets its own error message and the others still caption.
-
-    Files are decoded one at a time and only a display-sized copy is kept, so memory does not grow with the
-    number or size of the uploads.
-    """
-    results = []
-    for name, data in files:
-        try:
-            image = load_image(data)
-        except ImageLoadError as exc:
-            results.append(UploadResult(name, error=str(exc).replace("the uploaded file", name, 1)))
-            continue
-        caption = captioner.caption([image], **decoding)[0]
-        image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
-        results.append(UploadResult(name, image=image, caption=caption))
-    return results

@@ -1,14 +1,18 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic file writes (a crash leaves either the old file or the new one, never half of one), file locks, and the
+one JSON reader of files a user or a crash can hand us."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -16,6 +20,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600: the file gets the mode a plain open() would give
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -28,12 +33,31 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+@functools.cache
+def umask() -> int:
+    """The process's umask (read once: setting it to read it is not thread-safe, so /proc is asked first)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def read_json(text: str | bytes) -> Any:
+    """json.loads, with JSON nested too deeply to parse refused as the ValueError every malformed file gives
+    (instead of a RecursionError that no reader expects)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 @contextlib.contextmanager

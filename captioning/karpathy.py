@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.data import DatasetError, read_coco, split_paths
-from captioning.io import atomic_write_text
+from captioning.io import atomic_write_text, read_json
 
 GROUPS = {"train": "karpathy_train", "restval": "karpathy_train", "val": "karpathy_val", "test": "karpathy_test"}
 MAX_DATASET_BYTES = 1_000_000_000  # the real dataset_coco.json is about 150 MB
@@ -41,7 +41,7 @@ def read_karpathy(path: Path) -> dict[str, list[int]]:
         if not path.is_file() or path.stat().st_size > MAX_DATASET_BYTES:
             raise DatasetError(f"{path} is not a file of at most {MAX_DATASET_BYTES:,} bytes")
         with open(path, "rb") as f:
-            data = json.load(f)
+            data = read_json(f.read())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path} is not Karpathy's dataset_coco.json ({type(exc).__name__})") from None
     images = data.get("images") if isinstance(data, dict) else None

@@ -16,7 +16,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from captioning.decoding import FUNCTION_WORDS, is_participle
+from captioning.repeats import FUNCTION_WORDS, is_participle
 
 THRESHOLD = 0.7  # the top class's probability needed to name it: "sure" (at 0.5: 6 of 250 val images, 3 wrong)
 DOGS = range(151, 269)  # ImageNet's dog breeds (Chihuahua ... Mexican hairless), which the vocabulary calls "dog"

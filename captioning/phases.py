@@ -1,7 +1,7 @@
 """The two phases of training: cross-entropy (teacher forcing), then optionally self-critical (CIDEr-D reward).
 
-Each phase owns its data, batch size, loss and learning-rate schedule; `train.train_one_epoch` runs
-whichever phase an epoch belongs to, the same way.
+Each phase owns its data, batch size, loss and learning-rate schedule; `train.Trainer` runs whichever
+phase an epoch belongs to, the same way.
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ class CrossEntropyPhase:
 class SelfCriticalPhase:
     """Self-critical sequence training on cached features: epochs [cfg.epochs, cfg.epochs + cfg.scst_epochs).
 
-    It starts from the best cross-entropy epoch's weights (`scst_start` "best"), which it keeps while the
-    cross-entropy epochs run, and with fresh Adam moments at `scst_lr`.
+    It starts from the best cross-entropy epoch's weights (`scst_start` "best": `trainrun.BestStart`), with
+    fresh Adam moments at `scst_lr`.
     """
 
     cfg: TrainConfig
@@ -122,7 +122,6 @@ class SelfCriticalPhase:
     steps_per_epoch: int
     first_step: int = 0  # the step the phase starts at, where its lr schedule begins
     total_steps: int = 0  # the run's last step
-    best_weights: dict | None = None  # the best cross-entropy epoch's decoder weights
     name = "self-critical"
 
     @classmethod
@@ -168,17 +167,8 @@ class SelfCriticalPhase:
             return cfg.scst_lr * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
         return cfg.scst_lr
 
-    def restarts_from_best(self, epoch: int, batch: int, best_epoch: int | None) -> bool:
-        """Whether the phase, not yet begun at (epoch, batch), starts from a better cross-entropy epoch than
-        the last."""
-        cfg = self.cfg
-        not_begun = epoch < cfg.epochs or (epoch == cfg.epochs and batch == 0)
-        return bool(cfg.scst_start == "best" and not_begun and best_epoch is not None and best_epoch < cfg.epochs)
 
-    def remember(self, model: CaptionModel) -> None:
-        """Keep the decoder's weights (a new best cross-entropy epoch). SCST runs on cached features, so the
-        decoder is all there is to train."""
-        self.best_weights = {k: v.detach().clone() for k, v in model.decoder.state_dict().items()}
+Phase = CrossEntropyPhase | SelfCriticalPhase
 
 
 def _document_frequencies(captions: dict[int, list[str]], store: FeatureStore, ctx: dist.DistContext):

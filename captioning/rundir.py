@@ -15,17 +15,17 @@ The seed project's plain-text logs (`Epoch [1/3], Step [100/3236], Loss: 2.9812,
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
-import math
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captioning.io import atomic_write_text
+from captioning import distributed as dist
+from captioning.io import atomic_write_text, read_json
 
 CONFIG, VOCAB, METRICS, LAST, BEST = "config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"
 TRAIN_LOG, LOCK = "train.log", ".lock"  # the app's copy of the trainer's output; held while a trainer runs
@@ -37,12 +37,6 @@ EVENTS = (START, RESUME, SCST_START, *ENDINGS)
 RUNNING, INTERRUPTED, UNKNOWN = "running", "interrupted", "unknown"  # statuses of a log with no ending
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # a folder holding any of these holds a run
 SCORES = ("val_loss", "val_perplexity", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-MAX_SEED_LOG = 50_000_000  # bytes of an uploaded text log that are read
-
-SEED_LINE = re.compile(
-    r"Epoch\s*\[(\d+)/(\d+)\],\s*Step\s*\[(\d+)/(\d+)\],\s*Loss:\s*([0-9.eE+-]+)"
-    r"(?:,\s*Perplexity:\s*([0-9.eE+-]+))?"
-)
 
 
 class RunDir:
@@ -193,7 +187,7 @@ def read_log(path: Path) -> LogRead:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = read_json(line)
                 except ValueError:
                     record = None
                 if valid_record(record):
@@ -247,7 +241,7 @@ def _events(path: str, offset: int, skip_partial: bool = False) -> list[str]:
         if b'"event"' not in line:
             continue
         try:
-            record = json.loads(line)
+            record = read_json(line)
         except ValueError:
             continue
         if valid_record(record) and record["kind"] == EVENT:
@@ -255,32 +249,25 @@ def _events(path: str, offset: int, skip_partial: bool = False) -> list[str]:
     return names
 
 
-def parse_seed_log(text: str) -> LogRead:
-    """Step records from lines like `Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101`.
-
-    The global step counts across epochs as (epoch - first epoch) * steps_per_epoch + step, so
-    logs that number epochs from 0 or from 1 both read right. A line whose numbers do not parse
-    ("Loss: -", "Loss: 2.98.12", an infinite perplexity) is skipped and counted.
-    """
-    out = LogRead()
-    matches = [m.groups() for m in SEED_LINE.finditer(text[:MAX_SEED_LOG])]
-    first = min((int(m[0]) for m in matches), default=0)
-    for epoch, _, step, per_epoch, loss, ppl in matches:
+@contextlib.contextmanager
+def own_folder(folder: RunDir, ctx: dist.DistContext, resume: bool):
+    """Hold the run folder's lock (rank 0) while training; refuse a folder that another trainer holds, or one
+    that holds a run already when this is not a resume. Every rank gets the same answer."""
+    lock, problem = RunLock(folder), None
+    if ctx.rank == 0:
         try:
-            loss_f = float(loss)
-            ppl_f = float(ppl) if ppl else math.exp(min(loss_f, 50.0))
-        except (ValueError, OverflowError):
-            loss_f = ppl_f = math.nan
-        if not (math.isfinite(loss_f) and math.isfinite(ppl_f)):  # unplottable, on a log scale above all
-            out.skipped += 1
-            continue
-        out.records.append(
-            {
-                "kind": STEP,
-                "epoch": int(epoch),
-                "step": (int(epoch) - first) * int(per_epoch) + int(step),
-                "loss": loss_f,
-                "perplexity": ppl_f,
-            }
-        )
-    return out
+            lock.__enter__()
+        except RunLockedError as exc:
+            problem = str(exc)
+        if problem is None and not resume and folder.holds_run():
+            problem = (
+                f"{folder.path} already holds a run; continue it with --resume (same --out), or choose "
+                "another --out (or delete that folder first)"
+            )
+    problem = dist.broadcast(problem, ctx)
+    try:
+        if problem:
+            raise RunFolderError(problem)
+        yield
+    finally:
+        lock.__exit__()

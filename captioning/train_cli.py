@@ -6,7 +6,8 @@ import argparse
 import signal
 import threading
 
-from captioning.config import SHARD_IMAGES, add_arguments, config_from_args
+from captioning.config import SHARD_IMAGES
+from captioning.flags import add_train_arguments, positive, train_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -15,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from captioning import distributed, rundir
     from captioning.train import RESUME_OVERRIDES, Callbacks, fit, resume_config
 
-    cfg = config_from_args(args)
+    cfg = train_config(args)
     if args.resume:  # the run's own settings, but for what was asked for again
         cfg = resume_config(cfg.out, **{k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k) is not None})
     rank0 = distributed.setup(cfg.device).rank == 0  # under torchrun only rank 0 draws a bar
@@ -72,7 +73,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from captioning import distributed
     from captioning.data import CocoSplit
     from captioning.device import resolve_device
-    from captioning.features import ExtractionStopped, build_cache
+    from captioning.features import ExtractionStopped, ExtractOptions, build_cache
     from captioning.model import DECODER_CLASSES
 
     split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
@@ -80,11 +81,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     ctx = distributed.setup(args.device)  # under torchrun every rank extracts its own shards
     stop = _stop_on_signals("keeping the finished shards")
     try:
-        store = build_cache(
-            split,
-            args.backbone,
-            kind,
-            views=2 if args.flip else 1,
+        options = ExtractOptions(
             cache_dir=args.cache_dir,
             device=ctx.device if ctx.world > 1 else resolve_device(args.device),
             batch_size=args.batch_size,
@@ -94,6 +91,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             ctx=ctx,
             shard_images=args.shard_images,
         )
+        store = build_cache(split, args.backbone, kind, 2 if args.flip else 1, options)
     except ExtractionStopped as exc:
         print(f"{exc}: run the same command again", flush=True)
         return 0
@@ -110,7 +108,7 @@ def add_train(sub) -> None:
         help="train or fine-tune a captioner",
         description="Train on cached frozen-CNN features; under torchrun, with DDP.",
     )
-    add_arguments(p)
+    add_train_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt where it stopped")
     p.set_defaults(func=cmd_train)
 
@@ -119,24 +117,14 @@ def add_extract_features(sub) -> None:
     p = sub.add_parser("extract-features", help="fill the frozen-feature cache for a split")
     p.add_argument("--split", required=True)
     p.add_argument("--ids-file", help="file of image ids restricting the split")
-    add_arguments(
-        p, only=("coco_root", "backbone", "decoder", "flip", "cache_dir", "device", "num_workers"), defaults=True
+    add_train_arguments(
+        p, only=("coco_root", "backbone", "decoder", "flip", "cache_dir", "device", "num_workers"), fill=True
     )
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per CNN batch (default: 32)")
+    p.add_argument("--batch-size", type=positive, default=32, help="images per CNN batch (default: 32)")
     p.add_argument(
         "--shard-images",
-        type=_positive,
+        type=positive,
         default=SHARD_IMAGES,
         help=f"images per shard, the most a kill can lose (default: {SHARD_IMAGES})",
     )
     p.set_defaults(func=cmd_extract)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value

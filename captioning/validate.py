@@ -7,10 +7,12 @@ import math
 import torch
 
 from captioning import distributed as dist
-from captioning.data import CocoSplit, ImageLoadError, collate_captions, load_image
+from captioning.config import DecodeConfig
+from captioning.data import CocoSplit, collate_captions
 from captioning.datasets import encode_captions
 from captioning.decoding import decode
 from captioning.features import FeatureStore
+from captioning.loader import load_batch
 from captioning.metrics import score_captions
 from captioning.model import CaptionModel, caption_loss
 from captioning.vocab import Vocabulary
@@ -21,16 +23,10 @@ def _features(model: CaptionModel, split: CocoSplit, store: FeatureStore | None,
     if store is not None:
         ids = [i for i in ids if i in store.where]
         return ids, store.get(ids).to(device)
-    kept, images = [], []
-    for i in ids:
-        try:
-            images.append(model.spec.preprocess(load_image(split.files[i])))
-            kept.append(i)
-        except ImageLoadError:
-            continue
-    if not images:
+    batch = load_batch(ids, split.files, model.spec.preprocess)
+    if not batch.keys:
         return [], None
-    return kept, model.encode(torch.stack(images).to(device))
+    return batch.keys, model.encode(batch.pixels.to(device))
 
 
 @torch.no_grad()
@@ -41,8 +37,7 @@ def validate(
     store: FeatureStore | None,
     device,
     ctx: dist.DistContext,
-    method: str = "greedy",
-    beam_size: int = 3,
+    decoding: DecodeConfig,
     limit: int | None = None,
     batch_size: int = 64,
 ) -> dict:
@@ -62,7 +57,7 @@ def validate(
         logits, alphas = model.decoder(feats[order], caps.to(device), lengths)
         tokens = int((caps[:, 1:] != 0).sum())
         loss_sum += torch.tensor([float(caption_loss(logits, caps.to(device))) * tokens, tokens])
-        best = [hyps[0].text for hyps in decode(model.decoder, feats, vocab, method, beam_size)]
+        best = [hyps[0].text for hyps in decode(model.decoder, feats, vocab, decoding)]
         preds.update(zip(kept, best))
     loss_sum = dist.sum_tensor(loss_sum.to(ctx.device), ctx).cpu()
     preds = dist.gather_dict(preds, ctx)
@@ -73,7 +68,8 @@ def validate(
         result = {
             "val_loss": val_loss,
             "val_perplexity": math.exp(min(val_loss, 50.0)),
-            "method": method,
+            "method": decoding.method,
+            "decoding": decoding.to_dict(),
             "images": len(preds),
         }
         result.update({k: v for k, v in scores.corpus.items() if k != "METEOR"})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nltk.tokenize import TreebankWordTokenizer
 
-from captioning.io import atomic_write_text
+from captioning.io import atomic_write_text, read_json
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -88,7 +88,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(read_json(Path(path).read_text(encoding="utf-8")))
 
 
 def detokenize(words: Sequence[str]) -> str:

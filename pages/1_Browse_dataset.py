@@ -5,8 +5,7 @@ import math
 import streamlit as st
 
 from app import catalog, ui
-from app.render import order_ids, tile_text
-from captioning.data import search_captions
+from app.render import order_ids, search_captions, tile_text
 from captioning.evaluate import iter_scores
 
 PER_PAGE = 12
@@ -19,9 +18,9 @@ if catalog.is_sample(root) or not (catalog.data_dir() / "coco").is_dir():
     ui.download_panel(expanded=False)
 split = ui.split_or_stop(root, split_name)
 entry = ui.model_picker(required=False)
-decoding = ui.decoding_controls() if entry else {}
+decoding = ui.decoding_controls() if entry else None
 model = ui.captioner(entry.path) if entry else None
-setting = (root, split_name, ui.model_key(entry.path) if entry else "", tuple(sorted(decoding.items())))
+setting = (root, split_name, ui.model_key(entry.path) if entry else "", decoding)
 scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # image id -> caption, BLEU-4, CIDEr
 
 
@@ -29,7 +28,7 @@ def score(ids: list[int]) -> None:
     """Caption and score `ids` a chunk at a time, keeping each chunk's scores at once: a click elsewhere
     interrupts the script, and what was scored by then stays."""
     bar = st.progress(0.0, text=f"Captioning and scoring {len(ids)} images...")
-    for part, done in iter_scores(model, split, ids, **decoding):
+    for part, done in iter_scores(model, split, ids, decoding):
         scores.update(part)
         bar.progress(done / len(ids), f"Scored {done}/{len(ids)} (scores so far are kept if you click away)")
     bar.empty()

@@ -4,7 +4,7 @@ import streamlit as st
 
 from app import catalog, ui
 from app.charts import epochs_frame, line_chart, rewards_frame, runs_summary, steps_frame
-from captioning.rundir import parse_seed_log
+from app.seedlog import parse_seed_log
 
 SEED_EXAMPLE = "Epoch [1/3], Step [100/3236], Loss: 2.9812, Perplexity: 19.7101"
 

@@ -56,7 +56,9 @@ if status is not None:
     level, message = status.summary()
     getattr(st, level)(message)
     if level == "error":
-        st.code(status.log_tail or "(empty log)", language=None)
+        st.code(status.message or "(no message)", language=None)  # the trainer's last error line, as text
+        with st.expander("Log"):
+            st.code(status.log_tail or "(empty log)", language=None)
 
 checkpoints = catalog.list_checkpoints()
 if not checkpoints:

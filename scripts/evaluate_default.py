@@ -1,6 +1,6 @@
 """Scores and examples for the model card: greedy and beam 1/3/5 on a split, plus sample captions.
 
-Run: .venv/bin/python -m scripts.evaluate_default --checkpoint checkpoints/default.pt \
+Run: .venv/bin/python -m scripts.evaluate_default --checkpoint captioning/shipped/default.pt \
          --coco-root ../shared/data/coco --split val --train-split train
 Prints a markdown table, diversity figures and 10 example captions with their references.
 """
@@ -11,26 +11,27 @@ import argparse
 import json
 from pathlib import Path
 
+from captioning.config import DecodeConfig
 from captioning.data import CocoSplit
 from captioning.evaluate import evaluate
 from captioning.inference import Captioner
 from captioning.vocab import tokenize
 
-# (label, method, beam size, block repeated phrases, name novel subjects): the app's and the CLI's defaults do
-# both; the last two rows show what each costs or gives
+# (label, decoding): "beam 3" is DecodeConfig(), the app's, the CLI's and Python's default; the last two rows
+# show what naming and the repeat rules cost or give
 RUNS = (
-    ("greedy", "greedy", 1, True, True),
-    ("beam 1", "beam", 1, True, True),
-    ("beam 3", "beam", 3, True, True),
-    ("beam 5", "beam", 5, True, True),
-    ("beam 3, no naming", "beam", 3, True, False),
-    ("beam 3, repeats allowed", "beam", 3, False, True),
+    ("greedy", DecodeConfig(method="greedy")),
+    ("beam 1", DecodeConfig(beam_size=1)),
+    ("beam 3", DecodeConfig()),
+    ("beam 5", DecodeConfig(beam_size=5)),
+    ("beam 3, no naming", DecodeConfig(name_novel=False)),
+    ("beam 3, repeats allowed", DecodeConfig(block_repeats=False)),
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/default.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("captioning/shipped/default.pt"))
     parser.add_argument("--coco-root", type=Path, required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--train-split", default="train")
@@ -45,12 +46,18 @@ def main() -> None:
     print("| decoding | BLEU-1 | BLEU-4 | METEOR | ROUGE-L | CIDEr | distinct | copies of a train caption |")
     print("|---|---|---|---|---|---|---|---|")
     results = {}
-    for label, method, beam, block, named in RUNS:
-        scores, preds, notes = evaluate(captioner, split, method, beam, block_repeats=block, name_novel=named)
+    for label, decoding in RUNS:
+        scores, preds, notes = evaluate(captioner, split, decoding)
         norm = [" ".join(tokenize(c)).rstrip(" .") for c in preds.values()]
         distinct = len(set(norm)) / len(norm)
         copies = sum(c in train_caps for c in norm) / len(norm)
-        results[label] = {**scores, "distinct": distinct, "copies": copies, "captions": preds}
+        results[label] = {
+            **scores,
+            "distinct": distinct,
+            "copies": copies,
+            "decoding": decoding.to_dict(),
+            "captions": preds,
+        }
         print(
             f"| {label} | {scores['BLEU-1']:.3f} | {scores['BLEU-4']:.3f} | {scores.get('METEOR', float('nan')):.3f} "
             f"| {scores['ROUGE-L']:.3f} | {scores['CIDEr']:.3f} | {distinct:.0%} | {copies:.0%} |"

@@ -58,16 +58,17 @@ def tiny_attention_checkpoint(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Pa
 
 
 @pytest.fixture
-def caption_calls(monkeypatch) -> list[bool | None]:
-    """The `block_repeats` of every Captioner.caption call from here on (the captions are real)."""
+def caption_calls(monkeypatch) -> list:
+    """The DecodeConfig of every Captioner.caption call from here on (the captions are real)."""
+    from captioning.config import DecodeConfig
     from captioning.inference import Captioner
 
-    seen: list[bool | None] = []
+    seen: list[DecodeConfig] = []
     real = Captioner.caption
 
-    def spy(self, images, *args, **kwargs):
-        seen.append(kwargs.get("block_repeats"))
-        return real(self, images, *args, **kwargs)
+    def spy(self, images, decoding=DecodeConfig(), *args, **kwargs):
+        seen.append(decoding)
+        return real(self, images, decoding, *args, **kwargs)
 
     monkeypatch.setattr(Captioner, "caption", spy)
     return seen

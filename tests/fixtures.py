@@ -70,3 +70,14 @@ def repeated_ngrams(tokens: Sequence, n: int = 3) -> list[tuple]:
     """The n-grams (of token ids or words) that occur more than once in `tokens`."""
     counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
     return [g for g, c in counts.items() if c > 1]
+
+
+# Five references each for three images, for the CIDEr and reward tests.
+REFS = {
+    1: ["a man riding a wave on top of a surfboard", "a surfer rides a large wave in the ocean",
+        "a person on a surfboard riding a wave", "a man surfing on a big wave", "surfer riding a wave at the beach"],
+    2: ["a plate of food with broccoli and rice", "a white plate topped with rice and vegetables",
+        "a meal of rice and broccoli on a plate", "food on a plate on a wooden table", "a plate with rice and greens"],
+    3: ["two dogs playing in the grass", "a couple of dogs running on a lawn",
+        "two brown dogs play in a grassy field", "dogs chasing each other on the grass", "two dogs in a park"],
+}  # fmt: skip

@@ -20,8 +20,9 @@ from app import catalog
 from app.jobs import JobManager
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.cli import build_parser
-from captioning.config import config_from_args
+from captioning.config import DecodeConfig
 from captioning.data import CocoSplit, load_image
+from captioning.flags import train_config as config_from_args
 from captioning.inference import Captioner
 from captioning.rundir import read_metrics
 
@@ -38,7 +39,7 @@ def _captioner(checkpoint: Path) -> Captioner:
 
 def expected_caption(checkpoint: Path, data: bytes) -> str:
     """What the page should show with its default decoding (beam 3, at most 20 words)."""
-    return _captioner(checkpoint).caption([load_image(data)], "beam", 3, 20)[0].text
+    return _captioner(checkpoint).caption([load_image(data)])[0].text
 
 
 # Home ------------------------------------------------------------------------------------------------------------
@@ -98,6 +99,25 @@ def test_home_several_images_give_a_table_and_a_csv(tiny_checkpoint, monkeypatch
     assert len(of_type(at, "image")) == 3
 
 
+def test_python_the_cli_and_home_caption_an_image_the_same_way_by_default(
+    tiny_checkpoint, monkeypatch, tmp_path, caption_calls, capsys
+):
+    """One DecodeConfig(): its defaults are the CLI's flags' and Home's widgets', so one image gets one caption."""
+    from captioning.cli import main
+
+    data = image_bytes("red", "circle")
+    (tmp_path / "photo.png").write_bytes(data)
+    python = Captioner.from_checkpoint(tiny_checkpoint).caption([load_image(data)])[0].text
+    assert main(["caption", str(tmp_path / "photo.png"), "--checkpoint", str(tiny_checkpoint)]) == 0
+    cli = capsys.readouterr().out.strip()
+    point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint)
+    at = open_page("home")
+    at.file_uploader[0].set_value(("photo.png", data, "image/png")).run()
+    assert not at.exception and f"### {python}" in [m.value for m in at.markdown]
+    assert cli == python
+    assert caption_calls == [DecodeConfig()] * 3  # Python's default, the CLI's and Home's
+
+
 def test_home_repeat_block_is_on_by_default_and_can_be_turned_off(
     tiny_checkpoint, monkeypatch, tmp_path, caption_calls
 ):
@@ -105,9 +125,12 @@ def test_home_repeat_block_is_on_by_default_and_can_be_turned_off(
     at = open_page("home")
     at.file_uploader[0].set_value(("blue.png", image_bytes("blue", "square"), "image/png")).run()
     box = next(c for c in at.sidebar.checkbox if c.label == "Block repeated phrases")
-    assert box.value is True and caption_calls == [True]
+    assert box.value is True and [c.block_repeats for c in caption_calls] == [True]
     box.uncheck().run()
-    assert not at.exception and caption_calls == [True, False]  # captioned again, repeats allowed
+    assert not at.exception and [c.block_repeats for c in caption_calls] == [
+        True,
+        False,
+    ]  # captioned again, repeats allowed
 
 
 def test_home_without_a_model_says_how_to_get_one(monkeypatch, tmp_path):

@@ -102,7 +102,7 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
     good.write_bytes(image_bytes("red", "circle"))
     bad = tmp / "not-an-image.jpg"
     bad.write_bytes(b"plain text, not a picture")
-    expected = Captioner.from_checkpoint(tiny_checkpoint).caption([load_image(good)], "beam", 3, 20)[0].text
+    expected = Captioner.from_checkpoint(tiny_checkpoint).caption([load_image(good)])[0].text
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)

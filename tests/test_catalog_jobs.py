@@ -32,7 +32,7 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 write({{"kind": "event", "event": "start", "step": 0, "total_steps": 10}})
 if os.environ.get("FAKE_TRAINER") == "fail":
-    print("error: no annotations for split 'train'", flush=True); sys.exit(2)
+    print("error: no annotations for split 'train'", file=sys.stderr, flush=True); sys.exit(2)
 for step in (1, 2, 3):
     write({{"kind": "step", "step": step, "loss": 4.0 - step, "total_steps": 10}})
 if os.environ.get("FAKE_TRAINER") == "finish":
@@ -103,8 +103,8 @@ def test_defaults_without_environment(monkeypatch):
     monkeypatch.delenv("CAPTIONING_CHECKPOINT", raising=False)
     monkeypatch.delenv("CAPTIONING_RUNS_DIR", raising=False)
     repo = Path(__file__).resolve().parents[1]
-    assert catalog.default_checkpoint() == repo / "checkpoints" / "default.pt"
-    assert catalog.default_log() == repo / "checkpoints" / "default-metrics.jsonl"
+    assert catalog.default_checkpoint() == repo / "captioning" / "shipped" / "default.pt"
+    assert catalog.default_log() == repo / "captioning" / "shipped" / "default-metrics.jsonl"
     assert catalog.runs_dir() == repo / "runs"
 
 
@@ -192,5 +192,6 @@ def test_finished_and_failed_jobs_report_their_end(tiny_checkpoint, tiny_coco, t
     manager.start("broken", tiny_checkpoint, tiny_coco, "train", steps=10)
     assert manager.wait(timeout=20) == 2
     status = manager.status()
-    assert status.state == "failed" and "no annotations for split" in status.log_tail
+    assert status.state == "failed" and status.message == "error: no annotations for split 'train'"
+    assert status.summary() == ("error", "Run **broken** failed at step 0:") and "no annotations" in status.log_tail
     assert json.loads((tmp_path / "runs" / ".active_job.json").read_text())["name"] == "broken"

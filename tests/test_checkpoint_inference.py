@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from captioning.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from captioning.config import DecodeConfig
 from captioning.data import CocoSplit, load_image
 from captioning.inference import Captioner
 
@@ -40,14 +41,14 @@ def test_save_load_gives_identical_captions(tiny_checkpoint, tmp_path, images):
     save_checkpoint(copy, load_checkpoint(tiny_checkpoint))
     second = Captioner.from_checkpoint(copy, device="cpu")
     for method in ("greedy", "beam"):
-        a = first.caption(images, method=method)
-        b = second.caption(images, method=method)
+        a = first.caption(images, DecodeConfig(method=method))
+        b = second.caption(images, DecodeConfig(method=method))
         assert [c.text for c in a] == [c.text for c in b]
         assert [c.word_probs for c in a] == [c.word_probs for c in b]
 
 
 def test_trained_tiny_model_describes_the_shapes(tiny_checkpoint, images):
-    caps = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(images, method="beam", beam_size=3)
+    caps = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(images, DecodeConfig(beam_size=3))
     right = sum(any(w in c.text.lower() for w in ("red", "green", "blue", "yellow")) for c in caps)
     assert right >= len(caps) // 2, [c.text for c in caps]
     assert all(len(c.alternatives) == 3 and c.alternatives[0].text == c.text for c in caps)
@@ -88,15 +89,16 @@ def test_clear_errors_for_bad_files(tmp_path, tiny_checkpoint):
 
 def test_concurrent_captions_equal_serial(tiny_checkpoint, images):
     captioner = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
-    serial = [captioner.caption([im], method="beam")[0].text for im in images]
+    serial = [captioner.caption([im])[0].text for im in images]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda im: captioner.caption([im], method="beam")[0].text, images * 2))
+        threaded = list(pool.map(lambda im: captioner.caption([im])[0].text, images * 2))
     assert threaded == serial * 2
 
 
-def test_bad_decoding_arguments(tiny_checkpoint, images):
-    captioner = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+def test_bad_decoding_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="method must be one of: greedy, beam"):
-        captioner.caption(images[:1], method="sample")
-    with pytest.raises(ValueError, match="beam_size"):
-        captioner.caption(images[:1], beam_size=0)
+        DecodeConfig(method="sample")
+    with pytest.raises(ValueError, match="beam_size must be at least 1"):
+        DecodeConfig(beam_size=0)
+    with pytest.raises(ValueError, match="max_len must be at least 1"):
+        DecodeConfig(max_len=0)

@@ -75,7 +75,7 @@ def test_a_concept_model_trains_through_the_cache_round_trips_and_beam_1_is_gree
     decoder, mode, tiny_coco, tiny_cache_dir, tmp_path
 ):
     from captioning.checkpoint import load_checkpoint, model_from_checkpoint
-    from captioning.config import TrainConfig
+    from captioning.config import DecodeConfig, TrainConfig
     from captioning.decoding import decode
     from captioning.inference import Captioner
     from captioning.train import fit
@@ -92,17 +92,21 @@ def test_a_concept_model_trains_through_the_cache_round_trips_and_beam_1_is_gree
     assert any(k.startswith(prefix) for k in ckpt["decoder_state"])
     model, vocab = model_from_checkpoint(ckpt, with_backbone=False)
     split = CocoSplit.load(tiny_coco, "val")
-    from captioning.features import build_cache
+    from captioning.features import ExtractOptions, build_cache
 
     kind = "grid" if decoder == "attention" else "pooled"
-    store = build_cache(split, "efficientnet_lite0", kind, cache_dir=tiny_cache_dir, progress=False, num_workers=0)
+    store = build_cache(
+        split, "efficientnet_lite0", kind, 1, ExtractOptions(cache_dir=tiny_cache_dir, progress=False, num_workers=0)
+    )
     feats = store.get(split.ids[:4])
-    greedy = [h[0].ids for h in decode(model.decoder.eval(), feats, vocab, "greedy")]
-    beam1 = [h[0].ids for h in decode(model.decoder, feats, vocab, "beam", beam_size=1)]
+    greedy = [h[0].ids for h in decode(model.decoder.eval(), feats, vocab, DecodeConfig(method="greedy"))]
+    beam1 = [h[0].ids for h in decode(model.decoder, feats, vocab, DecodeConfig(beam_size=1))]
     assert greedy == beam1
     captioner = Captioner.from_checkpoint(out / "best.pt", device="cpu")
     image = load_image(split.files[split.ids[0]])
-    assert captioner.caption([image], "greedy")[0].words == [vocab.itos[i] for i in greedy[0] if i != vocab.end_id]
+    assert captioner.caption([image], DecodeConfig(method="greedy", name_novel=False))[0].words == [
+        vocab.itos[i] for i in greedy[0] if i != vocab.end_id
+    ]
 
 
 def test_concepts_change_what_the_decoder_starts_from():
@@ -147,5 +151,5 @@ def test_an_old_checkpoint_without_the_concepts_field_captions_identically(tiny_
     before = Captioner.from_checkpoint(tmp_path / "old.pt", device="cpu")
     now = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
     assert before.model.cfg.concepts == "none" and before.model.decoder.concepts is None
-    a, b = before.caption([_photo()], "beam", 3)[0], now.caption([_photo()], "beam", 3)[0]
+    a, b = before.caption([_photo()])[0], now.caption([_photo()])[0]
     assert a.text == b.text and a.word_probs == b.word_probs

@@ -9,7 +9,8 @@ from dataclasses import fields
 import pytest
 
 from captioning.cli import build_parser, main
-from captioning.config import ModelConfig, TrainConfig, config_from_args
+from captioning.config import VAL_DECODING, DecodeConfig, ModelConfig, TrainConfig
+from captioning.flags import train_config as config_from_args
 from captioning.rundir import read_metrics
 from captioning.train import Callbacks, fit
 
@@ -22,8 +23,9 @@ def test_every_field_has_a_flag_whose_help_gives_the_default(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    names = [f.name for f in fields(TrainConfig) if f.name != "model"]
+    names = [f.name for f in fields(TrainConfig) if f.name not in ("model", "val_decoding")]
     names += [f.name for f in fields(ModelConfig) if f.metadata["cli"]]
+    names += ["val_method", "val_beam_size", "val_max_len", "val_block_repeats"]  # the validation decoding's
     for name in names:
         assert "--" + name.replace("_", "-") in text
     assert "--no-val" in text and "--resume" in text
@@ -42,6 +44,7 @@ def test_unset_flags_take_the_dataclass_defaults():
         ("--decoder", "attention", "--flip", "--lr", "3e-4", "--scst-epochs", "2", "--no-val"),
         ("--epochs", "0", "--scst-epochs", "4", "--scst-lr", "1e-4", "--init-from", "x.pt", "--max-steps", "7"),
         ("--end-to-end", "--finetune-cnn", "--backbone", "resnet18", "--hidden-size", "64", "--val-limit", "5"),
+        ("--val-method", "beam", "--val-beam-size", "5", "--no-val-block-repeats", "--val-max-len", "12"),
     ],
 )
 def test_a_config_turns_back_into_the_command_line_that_rebuilds_it(argv):
@@ -55,6 +58,20 @@ def test_an_old_flat_config_loads_and_unknown_keys_are_ignored():
            "epochs": 3, "a_setting_from_the_future": 1}  # fmt: skip
     cfg = TrainConfig.from_dict(old)
     assert cfg.model.decoder == "attention" and cfg.model.attention_size == 64 and cfg.epochs == 3
+
+
+def test_an_old_config_with_flat_validation_settings_loads_them_into_its_decoding():
+    cfg = TrainConfig.from_dict(
+        {"coco_root": "r", "out": "o", "val_method": "beam", "val_beam_size": 5, "val_limit": 9}
+    )
+    assert cfg.val_decoding == DecodeConfig(method="beam", beam_size=5, name_novel=False)
+    assert cfg.val_limit == 9 and cfg.to_dict()["val_method"] == "beam"  # still saved flat, as before
+    assert TrainConfig.from_dict({"coco_root": "r", "out": "o"}).val_decoding == VAL_DECODING
+
+
+def test_validation_cannot_be_asked_to_name_or_guide():
+    with pytest.raises(ValueError, match="validation scores the decoder alone"):
+        TrainConfig(coco_root="r", out="o", val_decoding=DecodeConfig())
 
 
 @pytest.mark.parametrize(

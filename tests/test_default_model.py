@@ -9,14 +9,16 @@ import torch
 from conftest import REPO, SHARED_COCO, needs_shared_coco
 from fixtures import repeated_ngrams
 
+from captioning.checkpoint import SHIPPED as DEFAULT_CHECKPOINT
+from captioning.config import DecodeConfig
 from captioning.data import CocoSplit, load_image
-from captioning.decoding import FUNCTION_WORDS
 from captioning.evaluate import evaluate
-from captioning.inference import DEFAULT_CHECKPOINT, Captioner
+from captioning.inference import Captioner
+from captioning.repeats import FUNCTION_WORDS
 from captioning.vocab import tokenize
 
-SCORES = REPO / "checkpoints" / "default-scores.json"
-CARD = REPO / "checkpoints" / "README.md"
+SCORES = REPO / "captioning" / "shipped" / "default-scores.json"
+CARD = REPO / "captioning" / "shipped" / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_card_scores_match_what_evaluate_reports_today(captioner):
     recorded = json.loads(SCORES.read_text())["scores"]["beam 3"]
     assert f"{recorded['CIDEr']:.3f}" in CARD.read_text()  # the card shows the recorded number
     val = CocoSplit.load(SHARED_COCO, "val")
-    scores, preds, _ = evaluate(captioner, val, "beam", 3, meteor=False, name_novel=True)  # the CLI's defaults
+    scores, preds, _ = evaluate(captioner, val, meteor=False)
     assert scores["images"] == 250
     assert abs(scores["CIDEr"] - recorded["CIDEr"]) <= 0.01
     assert abs(scores["BLEU-4"] - recorded["BLEU-4"]) <= 0.01
@@ -58,7 +60,7 @@ def test_card_scores_match_what_evaluate_reports_today(captioner):
     assert not [c for c in norm if repeated_ngrams(c.split())]
     # nor names the same thing twice ("a truck with a truck") but rarely: 7 of 250 when recorded
     assert sum(_names_a_thing_twice(c.split()) for c in norm) <= 0.05 * len(norm)
-    _, echoing, _ = evaluate(captioner, val, "beam", 3, limit=100, meteor=False, block_repeats=False)
+    _, echoing, _ = evaluate(captioner, val, DecodeConfig(block_repeats=False), limit=100, meteor=False)
     unblocked = [tokenize(c) for c in echoing.values()]
     assert [c for c in unblocked if repeated_ngrams(c)]
     assert sum(_names_a_thing_twice(c) for c in unblocked) >= 0.10 * len(unblocked)

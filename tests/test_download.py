@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captioning.cli import build_parser
-from captioning.download import ANNOTATIONS_ZIP, DownloadError, download_coco
+from captioning.cli import build_parser, main
+from captioning.download import ANNOTATIONS_ZIP, DownloadError, ProgressFile, download_coco
 
 IMAGE_IDS = [42, 7, 19, 3, 88]  # unsorted on purpose: limit takes the lowest ids
 ZIP_PATH = "/" + ANNOTATIONS_ZIP
@@ -334,3 +334,42 @@ def test_cli_reports_failures(mirror: Mirror, tmp_path: Path, capsys):
     (mirror.root / "val2017" / _file_name(88)).write_bytes(_jpeg(88))
     assert args.func(args) == 0
     assert "1 downloaded, 4 already there, 0 failed" in capsys.readouterr().out
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_progress_records_follow_the_zip_then_the_images(mirror: Mirror, tmp_path: Path):
+    path = tmp_path / "progress.jsonl"
+    _download(mirror, tmp_path / "coco", limit=3, on_progress=ProgressFile(path))
+    size = len(mirror.data(ZIP_PATH))
+    records = _records(path)
+    assert {r["event"] for r in records} == {"progress"}
+    assert records[0] == {"event": "progress", "stage": "annotations", "done": size, "total": size}
+    assert [(r["stage"], r["done"], r["total"]) for r in records[1:]] == [("images", n, 3) for n in range(4)]
+
+    (tmp_path / "coco" / "val2017" / _file_name(7)).unlink()  # a rerun: the zip is kept, 2 of 3 images are there
+    _download(mirror, tmp_path / "coco", limit=3, on_progress=ProgressFile(path))
+    assert [(r["stage"], r["done"], r["total"]) for r in _records(path)] == [("images", 2, 3), ("images", 3, 3)]
+
+
+def test_cli_writes_progress_and_how_it_ended_as_json_lines(mirror: Mirror, tmp_path: Path, capsys):
+    dest, path = tmp_path / "coco", tmp_path / "progress.jsonl"
+    argv = ["download", "--dest", str(dest), "--limit", "2", "--progress-jsonl", str(path), "--base-url"]
+    assert main([*argv, mirror.url]) == 0
+    *progress, end = _records(path)
+    assert progress and progress[-1] == {"event": "progress", "stage": "images", "done": 2, "total": 2}
+    assert end["event"] == "finished" and (end["downloaded"], end["skipped"], end["failed"]) == (2, 0, 0)
+    assert end["message"] == capsys.readouterr().out.strip()  # what the terminal says
+
+    (mirror.root / "val2017" / _file_name(88)).unlink()
+    assert main([*argv[:3], "--progress-jsonl", str(path), "--base-url", mirror.url]) == 1  # all 5: one is gone
+    end = _records(path)[-1]
+    assert end["event"] == "failed" and end["message"].endswith(f"failed: {_file_name(88)} (run again to retry them)")
+
+    url = _dead_url()
+    assert main(["download", "--dest", str(tmp_path / "new"), "--progress-jsonl", str(path), "--base-url", url]) == 2
+    end = _records(path)[-1]
+    assert end["event"] == "failed" and end["message"].startswith(f"cannot reach {url}")
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {end['message']}"  # what the terminal says

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO
 
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
+from captioning.config import DecodeConfig
 from captioning.data import SAMPLE_ROOT, CocoSplit, load_image
 from captioning.ensemble import EnsembleDecoder
 from captioning.inference import Captioner
@@ -27,7 +28,11 @@ def test_a_model_ensembled_with_itself_captions_exactly_as_alone(tiny_checkpoint
     twice = Captioner.from_checkpoints([tiny_checkpoint, tiny_checkpoint], device="cpu")
     assert isinstance(twice.decoder, EnsembleDecoder) and twice.info["members"] == [str(tiny_checkpoint)] * 2
     for method in ("greedy", "beam"):
-        for a, b in zip(alone.caption(_images(), method), twice.caption(_images(), method), strict=True):
+        for a, b in zip(
+            alone.caption(_images(), DecodeConfig(method=method)),
+            twice.caption(_images(), DecodeConfig(method=method)),
+            strict=True,
+        ):
             assert a.text == b.text
             assert a.word_probs == pytest.approx(b.word_probs, abs=1e-5)
 
@@ -50,7 +55,7 @@ def test_mixed_members_average_their_probabilities_and_the_grid_is_encoded_once(
     assert alpha.shape == (2, 49) and {k.split(".")[0] for k in state} == {"0", "1"}
 
     captioner = Captioner.from_checkpoints([tiny_checkpoint, tiny_attention_checkpoint], device="cpu")
-    caps = captioner.caption(_images(), "beam", 3)
+    caps = captioner.caption(_images())
     assert all(c.words and c.attention is not None and len(c.attention) == len(c.words) for c in caps)
     assert math.isfinite(caps[0].logprob)
 
@@ -74,6 +79,6 @@ def test_the_cli_ensembles_and_refuses_members_that_do_not_match(tiny_checkpoint
     bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(other_words))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "another vocabulary" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    default = REPO / "checkpoints" / "default.pt"  # EfficientNet-Lite2: another encoder
+    default = REPO / "captioning" / "shipped" / "default.pt"  # EfficientNet-Lite2: another encoder
     bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(default))
     assert bad.returncode == 2 and "must share the encoder" in bad.stderr and "Traceback" not in bad.stderr

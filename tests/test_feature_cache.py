@@ -19,7 +19,7 @@ from fixtures import make_coco
 
 from captioning.backbones import build_backbone
 from captioning.data import CocoSplit
-from captioning.features import ExtractionStopped, build_cache, split_dir
+from captioning.features import ExtractionStopped, ExtractOptions, build_cache, split_dir
 from captioning.rundir import read_metrics
 
 
@@ -35,9 +35,9 @@ class Counting(torch.nn.Module):
         return self.net(x)
 
 
-def _cache(split, cache_dir, encoder, **kw):
-    return build_cache(split, "efficientnet_lite0", kw.pop("kind", "pooled"), cache_dir=cache_dir, encoder=encoder,
-                       progress=False, num_workers=0, **kw)  # fmt: skip
+def _cache(split, cache_dir, encoder, kind="pooled", **kw):
+    options = ExtractOptions(cache_dir=cache_dir, encoder=encoder, progress=False, num_workers=0, **kw)
+    return build_cache(split, "efficientnet_lite0", kind, 1, options)
 
 
 def _folder(split, cache_dir, kind="pooled", views=1) -> Path:

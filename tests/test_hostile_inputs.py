@@ -25,7 +25,10 @@ from app_fixtures import image_bytes
 from conftest import REPO
 
 from app import catalog
+from app.seedlog import parse_seed_log
+from app.uploads import THUMBNAIL, caption_files
 from captioning.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from captioning.config import DecodeConfig
 from captioning.data import (
     CocoSplit,
     DatasetError,
@@ -35,8 +38,8 @@ from captioning.data import (
     parse_ids,
     read_ids_file,
 )
-from captioning.inference import THUMBNAIL, Captioner, caption_files
-from captioning.rundir import parse_seed_log, read_log
+from captioning.inference import Captioner
+from captioning.rundir import read_log
 
 PASSWD = "root:x:0:0"  # how /etc/passwd begins: it must never reach a message
 
@@ -48,7 +51,7 @@ def captioner(tiny_checkpoint) -> Captioner:
 
 def test_each_hostile_image_gets_its_own_message_and_the_others_still_caption(captioner):
     files = [(name, data) for name, (data, _) in IMAGES.items()] + [("good.png", image_bytes())]
-    results = caption_files(captioner, files, method="greedy")
+    results = caption_files(captioner, files, DecodeConfig(method="greedy"))
     assert [r.name for r in results] == [name for name, _ in files]
     for r in results:
         if IMAGES.get(r.name, (b"", True))[1]:

@@ -7,10 +7,16 @@ import torch
 from fixtures import repeated_ngrams
 
 from captioning.backbones import BackboneError, build_backbone, get_spec
-from captioning.config import ModelConfig
+from captioning.config import DecodeConfig, ModelConfig
 from captioning.decoding import beam_search, greedy
 from captioning.model import CaptionModel, caption_loss
 from captioning.vocab import Vocabulary
+
+
+def _cfg(**values) -> DecodeConfig:
+    """The decoding under test: repeats allowed unless a test blocks them, so each rule is seen alone."""
+    return DecodeConfig(**{"block_repeats": False, **values})
+
 
 WORDS = ["a", "red", "blue", "square", "circle", "on", "white", "."]
 
@@ -77,7 +83,7 @@ def test_attention_shapes_and_weights_sum_to_one(vocab):
     assert logits.shape == (2, 4, len(vocab)) and alphas.shape == (2, 4, 49)
     inside = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]).float()  # the second caption ends a step earlier
     assert torch.allclose(alphas.sum(-1), inside, atol=1e-5)
-    hyp = greedy(model.decoder, _feats("attention", 1), vocab, max_len=5)[0]
+    hyp = greedy(model.decoder, _feats("attention", 1), vocab, _cfg(max_len=5))[0]
     assert len(hyp.attention) == len(hyp.ids) and all(abs(float(a.sum()) - 1) < 1e-5 for a in hyp.attention)
 
 
@@ -102,8 +108,8 @@ def test_frozen_cnn_is_unchanged_by_a_training_step(vocab):
 def test_beam_one_equals_greedy(vocab, decoder):
     model = _model(vocab, decoder)
     feats = _feats(decoder, 4)
-    g = greedy(model.decoder, feats, vocab, max_len=12)
-    b = beam_search(model.decoder, feats, vocab, beam_size=1, max_len=12)
+    g = greedy(model.decoder, feats, vocab, _cfg(max_len=12))
+    b = beam_search(model.decoder, feats, vocab, _cfg(beam_size=1, max_len=12))
     assert [h.ids for h in g] == [hs[0].ids for hs in b]
     assert [round(h.logprob, 4) for h in g] == [round(hs[0].logprob, 4) for hs in b]
 
@@ -111,7 +117,7 @@ def test_beam_one_equals_greedy(vocab, decoder):
 @pytest.mark.parametrize("decoder", ["showtell", "attention"])
 def test_beam_returns_k_hypotheses_best_first(vocab, decoder):
     model = _model(vocab, decoder)
-    results = beam_search(model.decoder, _feats(decoder, 3), vocab, beam_size=4, max_len=10)
+    results = beam_search(model.decoder, _feats(decoder, 3), vocab, _cfg(beam_size=4, max_len=10))
     for hyps in results:
         assert len(hyps) == 4
         scores = [h.score for h in hyps]
@@ -126,16 +132,16 @@ def test_beam_returns_k_hypotheses_best_first(vocab, decoder):
 def test_beam_is_batched_like_single_images(vocab):
     model = _model(vocab, "attention")
     feats = _feats("attention", 3)
-    together = beam_search(model.decoder, feats, vocab, beam_size=3, max_len=8)
-    alone = [beam_search(model.decoder, feats[i : i + 1], vocab, beam_size=3, max_len=8)[0] for i in range(3)]
+    together = beam_search(model.decoder, feats, vocab, _cfg(beam_size=3, max_len=8))
+    alone = [beam_search(model.decoder, feats[i : i + 1], vocab, _cfg(beam_size=3, max_len=8))[0] for i in range(3)]
     assert [[h.ids for h in hs] for hs in together] == [[h.ids for h in hs] for hs in alone]
 
 
 def test_beam_finds_at_least_greedy_score(vocab):
     model = _model(vocab, "showtell", seed=3)
     feats = _feats("showtell", 6)
-    g = greedy(model.decoder, feats, vocab, max_len=15)
-    b = beam_search(model.decoder, feats, vocab, beam_size=5, max_len=15)
+    g = greedy(model.decoder, feats, vocab, _cfg(max_len=15))
+    b = beam_search(model.decoder, feats, vocab, _cfg(beam_size=5, max_len=15))
     assert all(hs[0].score >= gh.score - 1e-6 for gh, hs in zip(g, b))
 
 
@@ -169,11 +175,11 @@ def test_blocking_repeats_stops_a_phrase_echo():
         {"on": "bench", "phone": "<end>"},
     )
     feats = torch.zeros(2, 4)
-    plain = greedy(decoder, feats, vocab, max_len=9)[0].text
+    plain = greedy(decoder, feats, vocab, _cfg(max_len=9))[0].text
     assert plain.lower().startswith("a cell phone on a cell phone on a")
-    blocked = greedy(decoder, feats, vocab, max_len=9, block_repeats=True)[0]
+    blocked = greedy(decoder, feats, vocab, _cfg(max_len=9, block_repeats=True))[0]
     assert blocked.text.lower().startswith("a cell phone on a cell") and not repeated_ngrams(blocked.ids)
-    best = beam_search(decoder, feats, vocab, beam_size=3, max_len=9, block_repeats=True)[0][0]
+    best = beam_search(decoder, feats, vocab, _cfg(beam_size=3, max_len=9, block_repeats=True))[0][0]
     assert best.text.lower().rstrip(".") == "a cell phone on bench"  # the beam avoids the dead end
 
 
@@ -188,11 +194,11 @@ def test_blocking_repeats_stops_a_head_echo_but_keeps_a_repeated_modifier():
         {"a": ("table", "laptop")},
     )
     feats = torch.zeros(1, 4)
-    plain = greedy(echo, feats, vocab, max_len=12)[0].text.lower()
+    plain = greedy(echo, feats, vocab, _cfg(max_len=12))[0].text.lower()
     assert plain.startswith("a cat sitting on a cat sitting on")  # the model alone loops
-    blocked = greedy(echo, feats, vocab, max_len=12, block_repeats=True)[0].text.lower()
+    blocked = greedy(echo, feats, vocab, _cfg(max_len=12, block_repeats=True))[0].text.lower()
     assert blocked.rstrip(".") == "a cat sitting on a table with a laptop", blocked
-    for hyp in beam_search(echo, feats, vocab, beam_size=3, max_len=12, block_repeats=True)[0]:
+    for hyp in beam_search(echo, feats, vocab, _cfg(beam_size=3, max_len=12, block_repeats=True))[0]:
         said = hyp.text.lower().rstrip(".").split()
         assert said.count("cat") <= 1 and said.count("table") <= 1, said
     # "tennis" before "racket" is a modifier, not a head: "a tennis racket on a tennis court" is allowed
@@ -201,7 +207,7 @@ def test_blocking_repeats_stops_a_head_echo_but_keeps_a_repeated_modifier():
         {"<start>": "a", "a": "tennis", "tennis": "racket", "racket": "on", "on": "a"},
         {"tennis": "court", "court": "<end>"},
     )
-    blocked = greedy(court, feats, vocab, max_len=8, block_repeats=True)[0].text.lower().rstrip(".")
+    blocked = greedy(court, feats, vocab, _cfg(max_len=8, block_repeats=True))[0].text.lower().rstrip(".")
     assert blocked == "a tennis racket on a tennis court", blocked
 
 
@@ -209,10 +215,10 @@ def test_blocking_repeats_stops_a_head_echo_but_keeps_a_repeated_modifier():
 def test_blocked_captions_never_repeat_three_words(vocab, decoder):
     model = _model(vocab, decoder, seed=5)
     feats = _feats(decoder, 6)
-    plain = [h.ids for h in greedy(model.decoder, feats, vocab, max_len=15)]
+    plain = [h.ids for h in greedy(model.decoder, feats, vocab, _cfg(max_len=15))]
     assert any(repeated_ngrams(ids) for ids in plain)  # an untrained model babbles in loops
     for hyps in (
-        [[h] for h in greedy(model.decoder, feats, vocab, max_len=15, block_repeats=True)],
-        beam_search(model.decoder, feats, vocab, beam_size=3, max_len=15, block_repeats=True),
+        [[h] for h in greedy(model.decoder, feats, vocab, _cfg(max_len=15, block_repeats=True))],
+        beam_search(model.decoder, feats, vocab, _cfg(beam_size=3, max_len=15, block_repeats=True)),
     ):
         assert all(not repeated_ngrams(h.ids) for hs in hyps for h in hs)

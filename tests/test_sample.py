@@ -115,7 +115,7 @@ def test_home_captions_a_clicked_example_beside_its_references(tiny_checkpoint, 
     first = examples[0]
     at.button(key=f"example-{first.image_id}").click().run()
     assert not at.exception
-    expected = Captioner.from_checkpoint(tiny_checkpoint).caption([Image.open(first.path)], "beam", 3, 20)[0].text
+    expected = Captioner.from_checkpoint(tiny_checkpoint).caption([Image.open(first.path)])[0].text
     assert f"### {expected}" in [m.value for m in at.markdown]
     shown = text(at)
     assert "Reference captions" in shown and all(r.strip()[:30] in shown.replace("\\", "") for r in first.references)

@@ -1,28 +1,23 @@
 """What keeps full COCO tractable: linear split loading, logs read from their tail and once, charts that draw a
-bounded number of points, document frequencies computed once, the Karpathy split."""
+bounded number of points, document frequencies computed once."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
-from fixtures import make_coco
 
 from app import catalog
 from app.charts import MAX_POINTS, steps_frame
 from captioning import cider, rundir
 from captioning.data import CocoSplit
-from captioning.karpathy import read_karpathy
 
 
-def test_loading_a_split_with_many_missing_images_is_linear(tmp_path):
-    # 20k ids, half of them missing on disk: the check used to rebuild a set of the missing per id
+def test_loading_a_split_with_many_missing_images_checks_each_file_once(tmp_path, monkeypatch):
+    # 20k ids, half of them missing on disk: loading stats each image file once, so it grows linearly
     n = 20_000
     (tmp_path / "annotations").mkdir()
     (tmp_path / "big").mkdir()
@@ -31,11 +26,16 @@ def test_loading_a_split_with_many_missing_images_is_linear(tmp_path):
     (tmp_path / "annotations" / "captions_big.json").write_text(json.dumps({"images": images, "annotations": anns}))
     for i in range(2, n + 1, 2):
         (tmp_path / "big" / f"{i:012d}.jpg").write_bytes(b"x")
+    checked: list[str] = []
+    real = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: checked.append(self.name) or real(self))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         split = CocoSplit.load(tmp_path, "big")
     assert split.ids == list(range(2, n + 1, 2))
     assert any("10000 image" in str(w.message) for w in caught)
+    images_checked = [name for name in checked if name.endswith(".jpg")]
+    assert len(images_checked) == n and len(set(images_checked)) == n  # every image once, none twice
 
 
 def _log(path: Path, steps: int, ending: str | None) -> None:
@@ -93,19 +93,6 @@ def test_charts_draw_at_most_max_points_per_run_keeping_the_ends():
     assert isinstance(df, pd.DataFrame) and long.step.is_monotonic_increasing
 
 
-def test_document_frequencies_leave_out_singletons_without_changing_a_score(tmp_path):
-    refs = {1: ["a dog runs on the grass", "a brown dog running"], 2: ["a cat on a sofa", "a dog and a cat"],
-            3: ["two dogs play on the grass", "dogs playing outside"]}  # fmt: skip
-    full = cider.CiderD.from_captions(refs)
-    df = full.df
-    assert "dog" in df.counts and "brown" not in df.counts  # "brown" is in one image's references only
-    df.save(tmp_path / "df.json")
-    again = cider.CiderD.from_captions(refs, cider.DocumentFrequencies.load(tmp_path / "df.json"))
-    for image_id in refs:
-        words = cider.words_for_reward("a brown dog on the grass".split())
-        assert again.score(image_id, words) == full.score(image_id, words)
-
-
 def test_self_critical_training_computes_document_frequencies_once_beside_the_features(
     tiny_coco, tmp_path, monkeypatch
 ):
@@ -122,40 +109,3 @@ def test_self_critical_training_computes_document_frequencies_once_beside_the_fe
                            cache_dir=str(tmp_path / "cache"), num_workers=0, val_split=None, seed=0))  # fmt: skip
     assert computed == [1]  # the second run read the first one's file
     assert len(list((tmp_path / "cache").rglob("cider-df-*.json"))) == 1
-
-
-def _karpathy(tmp_path: Path) -> tuple[Path, Path]:
-    root = make_coco(tmp_path / "coco", {"train2017": 12, "val2017": 6})  # ids 1-12 and 13-18
-    splits = {**{i: "train" for i in range(1, 11)}, 11: "restval", 12: "val", 13: "restval", 14: "restval",
-              15: "val", 16: "test", 17: "test", 18: "restval", 999: "test"}  # fmt: skip
-    images = [{"cocoid": i, "split": s, "filepath": "x", "filename": f"{i}.jpg", "sentences": []}
-              for i, s in splits.items()] + [{"split": "train"}, "junk"]  # fmt: skip
-    dataset = tmp_path / "dataset_coco.json"
-    dataset.write_text(json.dumps({"images": images, "dataset": "coco"}))
-    return root, dataset
-
-
-def test_karpathy_split_command_makes_splits_over_both_2017_folders(tmp_path):
-    root, dataset = _karpathy(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "captioning", "karpathy-split", "--dataset", str(dataset),
-                             "--coco-root", str(root)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "karpathy_train: 14 images (11 in train2017, 3 in val2017)" in result.stdout
-    assert "karpathy_test: 2 images (2 in val2017); 1 not in the 2017 annotations" in result.stdout
-    train = CocoSplit.load(root, "karpathy_train")
-    assert train.ids == [*range(1, 12), 13, 14, 18]
-    official = CocoSplit.load(root, "val2017")
-    assert train.captions[13] == official.captions[13] and train.files[13].resolve() == official.files[13].resolve()
-    assert (root / "karpathy_val_ids.txt").read_text().split() == ["12", "15"]
-    assert CocoSplit.load(root, "val2017", root / "karpathy_test_ids.txt").ids == [16, 17]
-
-
-@pytest.mark.parametrize("content", ["", "[1, 2]", '{"images": 5}', '{"images": [{"cocoid": 1, "split": "x"}]}'])
-def test_karpathy_split_refuses_a_file_that_is_not_one(tmp_path, content):
-    path = tmp_path / "bad.json"
-    path.write_text(content)
-    result = subprocess.run([sys.executable, "-m", "captioning", "karpathy-split", "--dataset", str(path),
-                             "--coco-root", str(tmp_path)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    with pytest.raises(ValueError):
-        read_karpathy(path)

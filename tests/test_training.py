@@ -19,7 +19,7 @@ from captioning.backbones import build_backbone
 from captioning.checkpoint import load_checkpoint
 from captioning.config import TrainConfig
 from captioning.data import CocoSplit, SkippedImagesWarning, load_image
-from captioning.features import build_cache
+from captioning.features import ExtractOptions, build_cache
 from captioning.inference import Captioner
 from captioning.rundir import read_metrics
 from captioning.train import Callbacks, fit
@@ -52,6 +52,10 @@ class CountingCNN(torch.nn.Module):
         return self.net(x)
 
 
+def _options(cache_dir, encoder) -> ExtractOptions:
+    return ExtractOptions(cache_dir=cache_dir, encoder=encoder, progress=False, num_workers=0)
+
+
 def test_loss_goes_down_and_logs_are_written(tiny_run):
     records = read_metrics(tiny_run / "metrics.jsonl")
     steps = [r for r in records if r["kind"] == "step"]
@@ -72,21 +76,19 @@ def test_loss_goes_down_and_logs_are_written(tiny_run):
 def test_cache_is_built_once_reused_and_invalidated_by_backbone(tiny_coco, tmp_path, monkeypatch):
     split = CocoSplit.load(tiny_coco, "train")
     cnn = CountingCNN("efficientnet_lite0")
-    store = build_cache(
-        split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0
-    )
+    store = build_cache(split, "efficientnet_lite0", "pooled", 1, _options(tmp_path, cnn))
     assert cnn.images == 24 and store.get(split.ids[:2]).shape == (2, 1280)
-    build_cache(split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0)
+    build_cache(split, "efficientnet_lite0", "pooled", 1, _options(tmp_path, cnn))
     assert cnn.images == 24  # the second run read the cache
     other = CountingCNN("resnet18")
-    store = build_cache(split, "resnet18", "pooled", cache_dir=tmp_path, encoder=other, progress=False, num_workers=0)
+    store = build_cache(split, "resnet18", "pooled", 1, _options(tmp_path, other))
     assert other.images == 24 and store.get(split.ids[:1]).shape == (1, 512)
     # a change of preprocessing (here: the input size) is a new cache too
     spec = backbones.get_spec("efficientnet_lite0")
     monkeypatch.setitem(
         backbones.BACKBONES, "efficientnet_lite0", replace(spec, preprocess=replace(spec.preprocess, size=192))
     )
-    build_cache(split, "efficientnet_lite0", "pooled", cache_dir=tmp_path, encoder=cnn, progress=False, num_workers=0)
+    build_cache(split, "efficientnet_lite0", "pooled", 1, _options(tmp_path, cnn))
     assert cnn.images == 48
 
 

@@ -1,0 +1,104 @@
+"""The data commands: `build-vocab`, `download` (COCO 2017) and `karpathy-split`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioning.data import CocoSplit
+from captioning.download import DEFAULT_BASE_URL, SPLITS, download_coco
+from captioning.flags import positive
+
+
+def cmd_build_vocab(args: argparse.Namespace) -> int:
+    from captioning.vocab import Vocabulary
+
+    split = CocoSplit.load(args.coco_root, args.split, args.ids_file, check_files=False)
+    vocab = Vocabulary.build(split.all_captions(), args.threshold)
+    vocab.save(args.out)
+    print(f"{len(vocab)} words (threshold {args.threshold}, {len(split)} images) -> {args.out}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Returns 1 if some images failed. With --progress-jsonl, progress and the ending also go there."""
+    from captioning.download import ProgressFile
+
+    log = ProgressFile(args.progress_jsonl) if args.progress_jsonl else None
+    try:
+        summary = download_coco(args.dest, args.split, args.limit, args.base_url, args.retries, on_progress=log)
+    except Exception as exc:  # main prints it for a person; the file tells a watching process
+        if log is not None:
+            log.end("failed", str(exc))
+        raise
+    lines = [
+        f"{summary.split} images: {summary.downloaded} downloaded, {summary.skipped} already "
+        f"there, {len(summary.failed)} failed; in {summary.images_dir}, "
+        f"captions in {summary.annotations}"
+    ]
+    if summary.failed:
+        more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
+        lines.append(f"failed: {', '.join(summary.failed[:5])}{more} (run again to retry them)")
+    print("\n".join(lines))
+    if log is not None:
+        counts = {"downloaded": summary.downloaded, "skipped": summary.skipped, "failed": len(summary.failed)}
+        log.end("failed" if summary.failed else "finished", "; ".join(lines), **counts)
+    return 1 if summary.failed else 0
+
+
+def add_build_vocab(sub) -> None:
+    p = sub.add_parser("build-vocab", help="build a vocabulary JSON from a split's captions")
+    p.add_argument("--coco-root", type=Path, required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--ids-file", type=Path)
+    p.add_argument("--threshold", type=positive, default=5, help="minimum word count (default: 5)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_build_vocab)
+
+
+def add_download(sub) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch COCO 2017 captions and images",
+        description="Download MS COCO 2017 captions and images (needs internet).",
+    )
+    p.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder")
+    p.add_argument("--split", choices=SPLITS, default="val2017")
+    p.add_argument("--limit", type=int, help="only the first N images by id")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="COCO host or mirror")
+    p.add_argument("--retries", type=int, default=3, help="extra tries per file")
+    p.add_argument(
+        "--progress-jsonl",
+        type=Path,
+        metavar="PATH",
+        help='also write progress as JSON lines: {"event": "progress", "stage", "done", "total"}, then '
+        '{"event": "finished" or "failed", "message"}',
+    )
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_karpathy_split(args: argparse.Namespace) -> int:
+    from captioning.karpathy import make_splits
+
+    reports = make_splits(args.dataset, args.coco_root)
+    for r in reports:
+        where = ", ".join(f"{n:,} in {folder}" for folder, n in sorted(r.by_folder.items()))
+        missing = f"; {r.missing:,} not in the 2017 annotations, left out" if r.missing else ""
+        print(f"{r.name}: {r.images:,} images ({where or 'none found'}){missing}")
+    print(
+        f"train on it with: python -m captioning train --coco-root {args.coco_root} --train-split karpathy_train "
+        "--val-split karpathy_val --out runs/karpathy ...; evaluate with --split karpathy_test"
+    )
+    return 0
+
+
+def add_karpathy_split(sub) -> None:
+    p = sub.add_parser(
+        "karpathy-split",
+        help="make the Karpathy train/val/test splits from dataset_coco.json",
+        description="Turn Karpathy's dataset_coco.json into splits karpathy_train (113,287 images with restval), "
+        "karpathy_val and karpathy_test (5,000 each) over the train2017 and val2017 folders, with ids files.",
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="Karpathy's dataset_coco.json")
+    p.add_argument("--coco-root", type=Path, default=Path("data/coco"), help="holds train2017 and val2017")
+    p.set_defaults(func=cmd_karpathy_split)
