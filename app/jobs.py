@@ -8,6 +8,7 @@ which the trainer saves a resumable `last.pt`.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
 import sys
 from collections.abc import Callable
@@ -18,13 +19,28 @@ from app.background import CANCELLED, FAILED, INTERRUPTED, RUNNING, Background, 
 from captioning import rundir
 from captioning.checkpoint import load_checkpoint
 from captioning.config import TrainConfig
-from captioning.data import available_splits
+from captioning.data import CocoSplit, DatasetError, available_splits
 from captioning.io import atomic_write_text
 
-__all__ = ["MAX_STEPS", "Job", "JobError", "JobManager", "JobStatus", "default_name", "sanitize_name"]
+__all__ = [
+    "DEFAULT_MINUTES",
+    "MAX_MINUTES",
+    "MAX_STEPS",
+    "Job",
+    "JobError",
+    "JobManager",
+    "JobStatus",
+    "default_name",
+    "sanitize_name",
+]
 
-JOB_FILE, JOB_LOCK, IDS_FILE = ".active_job.json", ".job.lock", "train_ids.txt"
-MAX_STEPS = 2000  # the app runs short fine-tunes; longer runs belong on the command line
+JOB_FILE, JOB_LOCK, IDS_FILE, VAL_IDS_FILE = ".active_job.json", ".job.lock", "train_ids.txt", "val_ids.txt"
+# A visitor's budget bounds the whole run: the app runs short fine-tunes; longer runs belong on the command line.
+MAX_STEPS = 2000  # optimizer steps
+MAX_MINUTES, DEFAULT_MINUTES = 60, 10  # wall time from the start, extraction included; then the run ends cleanly
+MAX_VALIDATIONS = 10  # validations (each with a save of best.pt and last.pt), however many epochs the steps span
+MAX_TRAIN_IMAGES = 5000  # images whose features are extracted for training (a seeded sample of a larger split)
+MAX_VAL_IMAGES = 250  # images validated on, likewise
 MAX_NAME = 64
 LOG_EVERY = 5  # steps between loss records: a short run still draws a curve
 ENDED = (*rundir.ENDINGS, CANCELLED, FAILED, INTERRUPTED)
@@ -48,6 +64,7 @@ class JobStatus:
     epochs: list[dict] = field(default_factory=list)  # epoch records: validation scores
     log_tail: str = ""
     message: str = ""  # why a failed run failed: the last line its trainer wrote to stderr
+    stage: dict | None = None  # the latest progress record, while extraction or validation is under way
 
     @property
     def running(self) -> bool:
@@ -55,6 +72,8 @@ class JobStatus:
 
     @property
     def fraction(self) -> float:
+        if self.stage is not None:
+            return min(self.stage["done"] / max(self.stage["total"], 1), 1.0)
         return min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
 
     @property
@@ -65,8 +84,15 @@ class JobStatus:
         return self.steps[-1]["elapsed"] / self.step * (self.total_steps - self.step)
 
     def progress_text(self) -> str:
-        """E.g. "running: step 40 of 200, about 2 min left"."""
-        text = f"{self.state}: step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
+        """What the run is doing: "Extracting image features (train): 1,200 of 5,000 images", "Validating: 64 of
+        250 images" or "Training: step 40 of 200, about 2 min left"."""
+        if self.stage is not None:
+            done, total, name = self.stage["done"], self.stage["total"], str(self.stage["stage"])
+            doing = "Validating" if name == "validation" else f"Extracting image features ({name.split()[-1]})"
+            return f"{doing}: {done:,} of {total:,} images"
+        if self.state == "starting":
+            return "Starting: loading the model and the data"
+        text = f"{self.state.capitalize()}: step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
         eta = self.eta_s
         if eta is not None and self.state == "running":
             text += f", about {eta / 60:.0f} min left" if eta >= 90 else f", about {eta:.0f} s left"
@@ -151,23 +177,31 @@ class JobManager:
         lr: float = 1e-4,
         batch_size: int = 32,
         scst: bool = False,
+        minutes: float = DEFAULT_MINUTES,
     ) -> Job:
         """Launch `python -m captioning train --init-from BASE --out RUNS/NAME`; JobError if it cannot.
 
         With `scst`, the run optimises CIDEr by self-critical training (`--epochs 0 --scst-epochs`),
         `batch_size` images a step at learning rate `lr`, instead of cross-entropy. `train_ids` (already
-        parsed) restricts the training images; they are written into the run folder.
+        parsed) restricts the training images; a split larger than MAX_TRAIN_IMAGES (MAX_VAL_IMAGES to validate
+        on) is sampled, so the features extracted stay bounded; the ids are written into the run folder.
         """
         out = self.runs.resolve() / sanitize_name(name)
-        ids_file = out / IDS_FILE if train_ids else None
-        cfg = self._config(out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst)
+        self._check_root(Path(coco_root))  # before anything under it is read
+        if not 0 < minutes <= MAX_MINUTES:
+            raise JobError(f"the time budget must be between 1 and {MAX_MINUTES} minutes")
+        chosen = {IDS_FILE: _bounded_ids(coco_root, split, train_ids, MAX_TRAIN_IMAGES)}
+        chosen[VAL_IDS_FILE] = _bounded_ids(coco_root, val_split, None, MAX_VAL_IMAGES) if val_split else None
+        files = {name: out / name if ids else None for name, ids in chosen.items()}
+        cfg = self._config(out, base, coco_root, split, val_split, files, steps, epochs, lr, batch_size, scst, minutes)
 
         def make_run_folder() -> None:  # under the job lock, once no other run trains
             if out.exists():
                 raise JobError(f"a run named {out.name!r} already exists in {self.runs}; choose another name")
             out.mkdir(parents=True)
-            if ids_file is not None:
-                atomic_write_text(ids_file, "\n".join(map(str, train_ids)) + "\n")
+            for name, ids in chosen.items():
+                if ids:
+                    atomic_write_text(out / name, "\n".join(map(str, ids)) + "\n")
 
         command = [self.python, "-m", "captioning", "train", *cfg.to_argv()]
         try:
@@ -191,7 +225,9 @@ class JobManager:
             state = "starting"
         message = self.jobs.failure(job) if state == FAILED else ""
         step = steps[-1]["step"] if steps else 0
-        return JobStatus(job, state, step, total, steps, epochs, self.jobs.log_tail(job), message)
+        last = records[-1] if records else {}
+        stage = last if last.get("event") == rundir.PROGRESS and _progress(last) else None
+        return JobStatus(job, state, step, total, steps, epochs, self.jobs.log_tail(job), message, stage)
 
     def cancel(self) -> bool:
         """Ask the running job to stop (SIGTERM, once); the trainer then saves a resumable last.pt. Only the
@@ -206,13 +242,15 @@ class JobManager:
         """The last lines of the run's train.log, progress-bar redraws collapsed."""
         return self.jobs.log_tail(job, lines)
 
+    def _check_root(self, coco_root: Path) -> None:
+        if self.roots is not None and coco_root.resolve() not in {Path(r).resolve() for r in self.roots()}:
+            raise JobError(f"{coco_root} is not one of the app's data folders")
+
     def _config(
-        self, out, base, coco_root, split, val_split, ids_file, steps, epochs, lr, batch_size, scst=False
+        self, out, base, coco_root, split, val_split, ids_files, steps, epochs, lr, batch_size, scst, minutes
     ) -> TrainConfig:
         """The run's TrainConfig, which checks the values; JobError for what only the app limits."""
         base, coco_root = Path(base), Path(coco_root)
-        if self.roots is not None and coco_root.resolve() not in {Path(r).resolve() for r in self.roots()}:
-            raise JobError(f"{coco_root} is not one of the app's data folders")
         load_checkpoint(base)  # CheckpointError (a ValueError) now rather than in the log later
         splits = available_splits(coco_root) if coco_root.is_dir() else []
         for wanted in (split, val_split):
@@ -223,7 +261,7 @@ class JobManager:
             raise JobError("give either steps or epochs")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
             raise JobError(f"steps must be between 1 and {MAX_STEPS} (longer runs: python -m captioning train)")
-        values = {"epochs": epochs or 10**6, "lr": lr, "batch_size": batch_size}
+        values = {"epochs": epochs or 10**6, "lr": lr, "batch_size": batch_size, "max_minutes": float(minutes)}
         if scst:
             values.update({"epochs": 0, "scst_epochs": epochs or 10**6, "scst_lr": lr, "scst_batch_size": batch_size})
         if self.cache_dir is not None:
@@ -233,12 +271,34 @@ class JobManager:
             out=str(out),
             train_split=split,
             val_split=val_split,
-            train_ids=str(ids_file) if ids_file else None,
+            train_ids=str(ids_files[IDS_FILE]) if ids_files[IDS_FILE] else None,
+            val_ids=str(ids_files[VAL_IDS_FILE]) if ids_files[VAL_IDS_FILE] else None,
             init_from=str(base.resolve()),
             max_steps=steps or MAX_STEPS,
+            max_validations=MAX_VALIDATIONS,
             log_every=LOG_EVERY,
             **values,
         )
+
+
+def _progress(record: dict) -> bool:
+    """Whether a progress record has the numbers the page shows."""
+    counts = [record.get("done"), record.get("total")]
+    return all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+
+
+def _bounded_ids(root: Path, split: str, given: list[int] | None, most: int) -> list[int] | None:
+    """The ids a run may read: `given` (at most `most` of them), else a seeded sample of `most` when the split has
+    more (None: the whole split). JobError for more given ids than the budget allows."""
+    if given is not None:
+        if len(given) > most:
+            raise JobError(f"{len(given):,} image ids; a fine-tune from the app takes at most {most:,}")
+        return given
+    try:
+        ids = CocoSplit.load(Path(root), split, check_files=False).ids
+    except (DatasetError, OSError):
+        return None  # the split check says what is wrong
+    return sorted(random.Random(0).sample(ids, most)) if len(ids) > most else None
 
 
 def _with_log(data: dict) -> dict:

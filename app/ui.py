@@ -71,10 +71,10 @@ def captioner(path: Path) -> Captioner:
     try:
         return _captioner(str(path), path.stat().st_mtime_ns)
     except (CheckpointError, OSError, ValueError) as exc:
-        st.error(f"Could not load the model: {exc}")
+        st.error(f"Could not load the model: {plain(str(exc), 300)}")
         st.stop()
     except Exception as exc:  # anything else a damaged file can raise: still a message, not a traceback
-        st.error(f"Could not load the model {path}: {type(exc).__name__}: {exc}")
+        st.error(f"Could not load the model {plain(path.name, 80)}: {type(exc).__name__}: {plain(str(exc), 300)}")
         st.stop()
 
 
@@ -96,7 +96,7 @@ def model_picker(required: bool = True) -> catalog.ModelEntry | None:
     labels = [e.label for e in entries]
     label = st.sidebar.selectbox("Checkpoint", labels, help="The shipped model and every finished run")
     if len(label) > SIDEBAR_CHARS:  # the narrow sidebar cuts it off in the box: say it whole
-        st.sidebar.caption(label)
+        st.sidebar.caption(plain(label, 200))
     return entries[labels.index(label)]
 
 
@@ -161,7 +161,7 @@ def split_or_stop(root: str, split: str) -> CocoSplit:
     try:
         return load_split(root, split)
     except DatasetError as exc:
-        st.error(str(exc))
+        st.error(plain(str(exc), 300))
         st.stop()
 
 

@@ -208,6 +208,12 @@ class TrainConfig:
     val_decoding: DecodeConfig = field(default=VAL_DECODING)
     val_limit: int | None = option(None, "validate on the first N images only")
     patience: int | None = option(None, "early stop after N epochs without a better val CIDEr")
+    max_validations: int | None = option(
+        None, "validate (and save) at most this many times: every k-th epoch and the last one"
+    )
+    max_minutes: float | None = option(
+        None, "a time budget: after this many minutes the epoch under way ends early and is validated and saved"
+    )
     log_every: int = option(10, "steps between loss records")
     save_every: int = option(500, "steps between resumable last.pt saves")
     device: str = option("auto", "auto (cuda if available), cpu or cuda", DEVICES)
@@ -238,6 +244,9 @@ class TrainConfig:
                 )
             if self.scst_lr <= 0:
                 raise ValueError(f"scst_lr must be positive (got {self.scst_lr})")
+        for name in ("max_validations", "max_minutes"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 (got {self.max_steps})")
         if self.lr <= 0:

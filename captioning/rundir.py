@@ -30,10 +30,10 @@ from captioning.io import atomic_write_text, read_json
 CONFIG, VOCAB, METRICS, LAST, BEST = "config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"
 TRAIN_LOG, LOCK = "train.log", ".lock"  # the app's copy of the trainer's output; held while a trainer runs
 STEP, EPOCH, EVENT = "step", "epoch", "event"  # record kinds
-START, RESUME, SCST_START = "start", "resume", "scst_start"
+START, RESUME, SCST_START, PROGRESS = "start", "resume", "scst_start", "progress"
 FINISHED, STOPPED, EARLY_STOPPED = "finished", "stopped", "early_stopped"
 ENDINGS = (FINISHED, STOPPED, EARLY_STOPPED)  # the events a run's log ends with
-EVENTS = (START, RESUME, SCST_START, *ENDINGS)
+EVENTS = (START, RESUME, SCST_START, PROGRESS, *ENDINGS)
 RUNNING, INTERRUPTED, UNKNOWN = "running", "interrupted", "unknown"  # statuses of a log with no ending
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)  # a folder holding any of these holds a run
 SCORES = ("val_loss", "val_perplexity", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -151,6 +151,25 @@ class RunLog:
         keep = lambda r: at(r) < step or (at(r) == step and (validated or r["kind"] != EPOCH))  # noqa: E731
         records = [r for r in read_log(self.path).records if keep(r)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+class StageLog:
+    """Progress of a run's long stages ("features train", "validation") as progress events, at most one per
+    `every` of a stage, so a watcher (the Fine-tune page) can say what the run is doing; `forward` gets every
+    call too (the caller's own `on_phase`)."""
+
+    def __init__(self, log: RunLog | None, forward=None, every: float = 0.05) -> None:
+        self.log, self.forward, self.every, self.last = log, forward, every, {}
+        self.step = self.epoch = 0  # where training stands, for the records
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.forward:
+            self.forward(stage, done, total)
+        last = self.last.get(stage)
+        if self.log is None or (last is not None and done < total and done - last < self.every * total):
+            return
+        self.last[stage] = done
+        self.log.event(PROGRESS, self.step, self.epoch, stage=stage, done=done, total=total)
 
 
 @dataclass

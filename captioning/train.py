@@ -24,20 +24,18 @@ from captioning.datasets import batches_for_epoch
 from captioning.device import resolve_device
 from captioning.features import ExtractionStopped
 from captioning.phases import CrossEntropyPhase, Phase
-from captioning.trainrun import BestStart, Callbacks, Optimiser, Run, TrainState, build_run, resume_point
-from captioning.validate import validate
-
-# What a resumed run may change; everything else comes from its saved config.
-RESUME_OVERRIDES = (
-    "epochs",
-    "scst_epochs",
-    "max_steps",
-    "patience",
-    "device",
-    "num_workers",
-    "log_every",
-    "save_every",
+from captioning.trainrun import (
+    RESUME_OVERRIDES,
+    BestStart,
+    Callbacks,
+    Optimiser,
+    Run,
+    TrainState,
+    build_run,
+    resume_point,
+    validation_interval,
 )
+from captioning.validate import validate
 
 
 @dataclass
@@ -56,7 +54,7 @@ def fit(
     holds, but for the RESUME_OVERRIDES fields, which come from `cfg`. A run killed before its first
     checkpoint starts again from the beginning, with the config it was started with."""
     cb = callbacks or Callbacks()
-    resume_ckpt = None
+    started, resume_ckpt = time.time(), None  # the time budget (max_minutes) counts from here
     folder = rundir.RunDir(cfg.out)
     if resume:
         resume_ckpt, saved = resume_point(folder)
@@ -71,7 +69,7 @@ def fit(
                 run = build_run(cfg, ctx, device, resume_ckpt, cb, progress)
             except ExtractionStopped:
                 return _stopped_before_training(cfg, ctx, folder)
-            return Trainer(run, cb, resume_ckpt).train()
+            return Trainer(run, cb, resume_ckpt, started).train()
     finally:
         dist.teardown(ctx)
 
@@ -85,20 +83,16 @@ def _stopped_before_training(cfg: TrainConfig, ctx: dist.DistContext, folder: ru
     return FitResult(rundir.STOPPED, 0, 0, None, folder.path)
 
 
-def resume_config(out: str | Path, **overrides) -> TrainConfig:
-    """The saved config of the run in `out`, with RESUME_OVERRIDES fields changed by `overrides`."""
-    unknown = set(overrides) - set(RESUME_OVERRIDES)
-    if unknown:
-        raise ValueError(f"a resumed run can change only {', '.join(RESUME_OVERRIDES)} (not {', '.join(unknown)})")
-    return replace(resume_point(rundir.RunDir(out))[1], **overrides)
-
-
 class Trainer:
     """One run's training: the run, where it stands, its optimiser and callbacks. `train()` runs the epochs
     of its phases until done, stopped or out of patience; the log's last record says which."""
 
-    def __init__(self, run: Run, cb: Callbacks, resume_ckpt: dict | None) -> None:
+    def __init__(self, run: Run, cb: Callbacks, resume_ckpt: dict | None, started: float | None = None) -> None:
         self.run, self.cb = run, cb
+        minutes = run.cfg.max_minutes
+        self.deadline = None if minutes is None else (started or time.time()) + 60 * minutes
+        self.out_of_time = False
+        self.val_every = validation_interval(run.cfg, run.phases)
         self.opt = Optimiser.create(run)
         self.best_start = BestStart(run.cfg) if run.phases.scst is not None else None
         self.last_metrics: dict = {}  # the latest validation, saved in every checkpoint
@@ -118,7 +112,7 @@ class Trainer:
                 if self.end_epoch(phases.at(state.epoch)):
                     status = rundir.EARLY_STOPPED
                     break
-            if state.epoch >= cfg.epochs + cfg.scst_epochs or state.step >= phases.total_steps:
+            if state.epoch >= cfg.epochs + cfg.scst_epochs or state.step >= phases.total_steps or self.out_of_time:
                 break
             phase = phases.at(state.epoch)
             if phase is phases.scst and state.epoch == cfg.epochs and state.batch == 0:
@@ -135,7 +129,8 @@ class Trainer:
         """Whether the batches of the current epoch (or the run's steps) are all done."""
         state, cfg, phases = self.state, self.run.cfg, self.run.phases
         phase = phases.at(state.epoch) if state.epoch < cfg.epochs + cfg.scst_epochs else None
-        return state.step >= phases.total_steps or (phase is not None and state.batch >= phase.steps_per_epoch)
+        over = phase is not None and state.batch >= phase.steps_per_epoch
+        return state.step >= phases.total_steps or over or self.out_of_time
 
     def _event(self, name: str, **fields) -> None:
         if self.run.log:
@@ -214,7 +209,8 @@ class Trainer:
             if dist.any_true(bool(self.cb.should_stop and self.cb.should_stop()), ctx):
                 stopped = True
                 break
-            if state.step >= run.phases.total_steps:
+            self.out_of_time = self.deadline is not None and dist.any_true(time.time() >= self.deadline, ctx)
+            if state.step >= run.phases.total_steps or self.out_of_time:
                 break
         if isinstance(phase, CrossEntropyPhase):
             warn_skipped(f"split {cfg.train_split}", sorted(set(phase.bad_images)), "could not be read")
@@ -239,6 +235,9 @@ class Trainer:
         if state.batch >= phase.steps_per_epoch:
             state.epoch += 1
             state.batch = 0
+        if not self._validates_now():  # max_validations: this epoch end is neither validated nor saved
+            state.validated = True
+            return False
         record = self.validate()
         if record is not None:
             self.last_metrics = {"val": record}
@@ -261,6 +260,12 @@ class Trainer:
         self.save(rundir.LAST)
         return cfg.patience is not None and state.bad_epochs >= cfg.patience
 
+    def _validates_now(self) -> bool:
+        """Every `val_every`-th epoch end is validated and saved, and the run's last one."""
+        state, cfg = self.state, self.run.cfg
+        last = state.step >= self.run.phases.total_steps or state.epoch >= cfg.epochs + cfg.scst_epochs
+        return last or self.out_of_time or state.epoch % self.val_every == 0
+
     def validate(self) -> dict | None:
         """The epoch record of a validation, or None without a validation split."""
         run = self.run
@@ -279,6 +284,7 @@ class Trainer:
                 cfg.val_decoding,
                 cfg.val_limit,
                 cfg.batch_size,
+                on_batch=lambda done, total: run.stages("validation", done, total),
             )
         finally:
             model.train()

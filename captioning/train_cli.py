@@ -14,7 +14,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from captioning import distributed, rundir
-    from captioning.train import RESUME_OVERRIDES, Callbacks, fit, resume_config
+    from captioning.train import Callbacks, fit
+    from captioning.trainrun import RESUME_OVERRIDES, resume_config
 
     cfg = train_config(args)
     if args.resume:  # the run's own settings, but for what was asked for again

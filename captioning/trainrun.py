@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +22,20 @@ from captioning.io import atomic_write_text, read_json
 from captioning.model import CaptionModel, feature_kind
 from captioning.phases import CrossEntropyPhase, Phase, SelfCriticalPhase
 from captioning.vocab import Vocabulary
+
+# What a resumed run may change; everything else comes from its saved config.
+RESUME_OVERRIDES = (
+    "epochs",
+    "scst_epochs",
+    "max_steps",
+    "patience",
+    "max_validations",
+    "max_minutes",
+    "device",
+    "num_workers",
+    "log_every",
+    "save_every",
+)
 
 
 @dataclass
@@ -64,6 +79,7 @@ class Run:
     device: torch.device
     folder: rundir.RunDir
     log: rundir.RunLog | None  # rank 0 only
+    stages: rundir.StageLog  # progress of extraction and validation: to the log (rank 0) and `on_phase`
     model: CaptionModel
     vocab: Vocabulary
     data: RunData
@@ -176,6 +192,8 @@ def build_run(
         config = {"train": cfg.to_dict(), "model": model.cfg.to_dict(), "world_size": ctx.world}
         atomic_write_text(folder.config, json.dumps(config, indent=2))
         vocab.save(folder.vocab)
+    log = rundir.RunLog(folder.metrics) if ctx.rank == 0 else None
+    stages = rundir.StageLog(log, cb.on_phase if ctx.rank == 0 else None)
     stores = {}
     if not cfg.end_to_end:
         options = ExtractOptions(
@@ -186,7 +204,7 @@ def build_run(
             should_stop=cb.should_stop,
             ctx=ctx,
         )
-        stores = _feature_stores(cfg, model, {"train": train_split, "val": val}, options, cb.on_phase)
+        stores = _feature_stores(cfg, model, {"train": train_split, "val": val}, options, stages)
     use_amp = cfg.amp and device.type == "cuda"
     xe = CrossEntropyPhase.create(cfg, train_split, vocab, model, stores.get("train"), ctx.world, use_amp)
     scst = SelfCriticalPhase.create(cfg, train_split, vocab, stores["train"], ctx) if cfg.scst_epochs else None
@@ -195,9 +213,8 @@ def build_run(
     xe.total_steps = min(xe_steps, total)  # what the cross-entropy lr schedule spans
     if scst is not None:
         scst.first_step, scst.total_steps = xe.total_steps, total
-    log = rundir.RunLog(folder.metrics) if ctx.rank == 0 else None
     data = RunData(len(train_split), val, stores.get("val"))
-    return Run(cfg, ctx, device, folder, log, model, vocab, data, Phases(xe, scst, cfg.epochs, total))
+    return Run(cfg, ctx, device, folder, log, stages, model, vocab, data, Phases(xe, scst, cfg.epochs, total))
 
 
 def resume_point(folder: rundir.RunDir) -> tuple[dict | None, TrainConfig]:
@@ -259,3 +276,22 @@ def _feature_stores(
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def validation_interval(cfg: TrainConfig, phases: Phases) -> int:
+    """Epochs between validations: 1, or as many as keep the epochs the run spans within `max_validations`."""
+    if cfg.max_validations is None:
+        return 1
+    xe_steps = min(phases.total_steps, cfg.epochs * phases.xe.steps_per_epoch)
+    epochs = math.ceil(xe_steps / max(phases.xe.steps_per_epoch, 1))
+    if phases.scst is not None:
+        epochs += min(cfg.scst_epochs, math.ceil((phases.total_steps - xe_steps) / max(phases.scst.steps_per_epoch, 1)))
+    return max(1, math.ceil(epochs / cfg.max_validations))
+
+
+def resume_config(out: str | Path, **overrides) -> TrainConfig:
+    """The saved config of the run in `out`, with RESUME_OVERRIDES fields changed by `overrides`."""
+    unknown = set(overrides) - set(RESUME_OVERRIDES)
+    if unknown:
+        raise ValueError(f"a resumed run can change only {', '.join(RESUME_OVERRIDES)} (not {', '.join(unknown)})")
+    return replace(resume_point(rundir.RunDir(out))[1], **overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -40,8 +41,10 @@ def validate(
     decoding: DecodeConfig,
     limit: int | None = None,
     batch_size: int = 64,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Validation loss, perplexity, BLEU-1..4, ROUGE-L and CIDEr, reduced over ranks."""
+    """Validation loss, perplexity, BLEU-1..4, ROUGE-L and CIDEr, reduced over ranks; `on_batch(done, total)`
+    after each batch (this rank's images, times the ranks)."""
     ids = split.ids[:limit] if limit else split.ids
     mine = ids[ctx.rank :: ctx.world]
     loss_sum = torch.zeros(2)  # (summed loss * tokens, tokens)
@@ -59,6 +62,8 @@ def validate(
         loss_sum += torch.tensor([float(caption_loss(logits, caps.to(device))) * tokens, tokens])
         best = [hyps[0].text for hyps in decode(model.decoder, feats, vocab, decoding)]
         preds.update(zip(kept, best))
+        if on_batch:
+            on_batch(min((start + batch_size) * ctx.world, len(ids)), len(ids))
     loss_sum = dist.sum_tensor(loss_sum.to(ctx.device), ctx).cpu()
     preds = dist.gather_dict(preds, ctx)
     val_loss = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import catalog, ui
 from app.charts import line_chart, rewards_frame, steps_frame
-from app.jobs import MAX_STEPS, JobError, default_name
+from app.jobs import DEFAULT_MINUTES, MAX_MINUTES, MAX_STEPS, MAX_TRAIN_IMAGES, JobError, default_name
 from captioning.data import available_splits
 
 st.set_page_config(page_title="Fine-tune", page_icon=":hammer_and_wrench:", layout="wide")
@@ -25,8 +25,6 @@ def live() -> None:
         st.rerun()  # the run ended: show its result and the launch form
     st.subheader(f"Training run {status.job.name}")
     st.progress(status.fraction, text=status.progress_text())
-    if status.state == "starting":
-        st.caption("Loading the data and caching image features; the first step follows.")
     rewards = rewards_frame({status.job.name: status.steps})
     if not rewards.empty:
         st.altair_chart(
@@ -80,6 +78,14 @@ with st.form("launch"):
     amount = left.number_input("How many", 1, MAX_STEPS, 200, help=f"at most {MAX_STEPS} steps either way")
     lr = right.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 1e-4, format_func=lambda v: f"{v:.0e}")
     batch = right.select_slider("Batch size", [8, 16, 32, 64], 32)
+    minutes = right.number_input(
+        "Time budget (minutes)",
+        1,
+        MAX_MINUTES,
+        DEFAULT_MINUTES,
+        help="the whole run, feature extraction included: when it is spent the run validates, saves and ends. "
+        f"A larger split is sampled down to {MAX_TRAIN_IMAGES:,} training images.",
+    )
     splits = ["(none)"] + available_splits(Path(root))
     val = left.selectbox("Validation split", splits, index=splits.index("val") if "val" in splits else 0)
     ids = right.file_uploader(
@@ -99,7 +105,9 @@ if go:
     options = {"val_split": None if val == "(none)" else val, "lr": lr, "scst": objective.startswith("self-critical")}
     try:
         options["train_ids"] = ui.ids_in_split(ids.getvalue(), ids.name, root, split) if ids else None
-        manager.start(name, bases[base], root, split, batch_size=batch, **options, **{unit: int(amount)})
+        manager.start(
+            name, bases[base], root, split, batch_size=batch, minutes=int(minutes), **options, **{unit: int(amount)}
+        )
     except (JobError, ValueError, OSError) as exc:
         st.error(f"Could not start: {ui.plain(str(exc), 300)}")
     else:

@@ -247,3 +247,31 @@ def test_short_real_run_on_the_coco_sample(tmp_path):
     val = CocoSplit.load(SHARED_COCO, "val")
     caption = Captioner.from_checkpoint(tmp_path / "run" / "best.pt").caption([load_image(val.files[val_ids[0]])])
     assert len(caption[0].words) >= 3
+
+
+def test_a_budget_bounds_validations_saves_and_time_and_the_log_says_each_stage(tiny_coco, tmp_path, monkeypatch):
+    """A visitor's 1-image, 200-epoch fine-tune runs 3 validations (not 200) with a few saves; a spent time
+    budget ends the run cleanly with its epoch validated and best.pt saved; extraction and validation log their
+    progress for the Fine-tune page."""
+    from captioning import train
+
+    saves = []
+    real_save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, ckpt: saves.append(path.name) or real_save(path, ckpt))
+    one = tmp_path / "one.txt"
+    one.write_text(str(CocoSplit.load(tiny_coco, "train").ids[0]))
+    cfg = _cfg(tiny_coco, tmp_path, train_ids=str(one), epochs=200, max_validations=3, save_every=10_000)
+    result = fit(cfg)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert result.status == "finished" and result.step == 200  # one step an epoch
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [67, 134, 200]  # every 67th, and the last
+    assert saves.count("last.pt") == 3 and 1 <= saves.count("best.pt") <= 3
+    stages = {(r["stage"], r["done"] == r["total"]) for r in records if r.get("event") == "progress"}
+    assert {("features train", True), ("features val", True), ("validation", True)} <= stages
+
+    saves.clear()
+    timed = _cfg(tiny_coco, tmp_path, out=str(tmp_path / "timed"), epochs=1000, max_minutes=0.001)
+    result = fit(timed)  # a budget of 0.06 s: spent after the first step
+    records = read_metrics(tmp_path / "timed" / "metrics.jsonl")
+    assert result.status == "finished" and result.step < 20
+    assert len([r for r in records if r["kind"] == "epoch"]) == 1 and (tmp_path / "timed" / "best.pt").is_file()
