@@ -175,7 +175,10 @@ class TrainConfig:
     val_ids: str | None = option(None, "file of image ids restricting the val split")
     model: ModelConfig = field(default_factory=ModelConfig)
     vocab_threshold: int = option(5, "words seen fewer times become <unk>")
-    init_from: str | None = option(None, "fine-tune from a checkpoint, keeping its model and vocabulary")
+    init_from: str | None = option(
+        None, "fine-tune from a checkpoint: its model and vocabulary, grown by the new captions' words it lacks"
+    )
+    keep_vocab: bool = option(False, "with --init-from: keep the base model's vocabulary (learn no new words)")
     # optimisation: Adam on cross-entropy (Show and Tell)
     epochs: int = option(5, "cross-entropy epochs (0 with --scst-epochs: SCST only)")
     max_steps: int | None = option(None, "stop after this many optimizer steps in all")

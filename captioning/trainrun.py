@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from captioning import distributed as dist
-from captioning import rundir
+from captioning import newwords, rundir
 from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.config import TrainConfig, check_types
 from captioning.data import CocoSplit
@@ -184,7 +184,7 @@ def build_run(
     torch.manual_seed(cfg.seed)
     train_split = CocoSplit.load(Path(cfg.coco_root), cfg.train_split, _path(cfg.train_ids))
     val = CocoSplit.load(Path(cfg.coco_root), cfg.val_split, _path(cfg.val_ids)) if cfg.val_split else None
-    model, vocab = _model_and_vocab(cfg, train_split, resume_ckpt or _init_checkpoint(cfg))
+    model, vocab = _model_and_vocab(cfg, train_split, resume_ckpt, _init_checkpoint(cfg))
     model.to(device)
     folder = rundir.RunDir(cfg.out)
     if ctx.rank == 0:
@@ -241,13 +241,19 @@ def _init_checkpoint(cfg: TrainConfig) -> dict | None:
     return load_checkpoint(Path(cfg.init_from)) if cfg.init_from else None
 
 
-def _model_and_vocab(cfg: TrainConfig, train: CocoSplit, base: dict | None) -> tuple[CaptionModel, Vocabulary]:
-    """A fine-tune or resume keeps the checkpoint's model and vocabulary; a new run builds both."""
+def _model_and_vocab(
+    cfg: TrainConfig, train: CocoSplit, resume: dict | None, init: dict | None
+) -> tuple[CaptionModel, Vocabulary]:
+    """A resume keeps its checkpoint's model and vocabulary; a fine-tune keeps its base's and, unless
+    `keep_vocab`, learns the words of its captions the base lacks (`newwords`); a new run builds both."""
+    base = resume or init
     if base is not None:
         model, vocab = model_from_checkpoint(base, with_backbone=cfg.end_to_end, source="checkpoint")
         if cfg.model.finetune_cnn and not model.cfg.finetune_cnn:
             model.cfg = replace(model.cfg, finetune_cnn=True)
             model.backbone.requires_grad_(True)
+        if resume is None and not cfg.keep_vocab:
+            vocab = newwords.grow(model, vocab, newwords.new_words(vocab, train.all_captions(), cfg.vocab_threshold))
         return model, vocab
     vocab = Vocabulary.build(train.all_captions(), cfg.vocab_threshold)
     mcfg = replace(cfg.model, vocab_size=len(vocab))

@@ -71,7 +71,11 @@ with st.form("launch"):
             "It is a demonstration of the workflow, not a way to a better model; that needs full COCO."
         )
     bases = {c.label: c.path for c in checkpoints}
-    base = st.selectbox("Base checkpoint", list(bases), help="training continues from this model and keeps its words")
+    base = st.selectbox(
+        "Base checkpoint",
+        list(bases),
+        help="training continues from this model; words of the new captions it lacks (seen 5 times or more) are added",
+    )
     name = st.text_input("Run name", key="run_name", help="letters, digits, - and _; saved under runs/NAME")
     left, right = st.columns(2)
     unit = left.radio("Length in", ["steps", "epochs"], horizontal=True)
