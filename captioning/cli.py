@@ -1,5 +1,5 @@
 """Command line: `python -m captioning COMMAND`, COMMAND one of caption, evaluate, build-vocab, download,
-karpathy-split, concept-words, train, extract-features.
+karpathy-split, convert, concept-words, train, extract-features.
 
 Every subcommand has --help. Bad arguments or inputs exit non-zero with one clear line.
 """
@@ -15,10 +15,18 @@ from pathlib import Path
 from captioning.backbones import BackboneError
 from captioning.checkpoint import SHIPPED, CheckpointError, default_checkpoint
 from captioning.config import DEFAULT_CACHE_DIR
-from captioning.data import CocoSplit, DatasetError, ImageLoadError, load_image
-from captioning.data_cli import add_build_vocab, add_download, add_karpathy_split
+from captioning.data import DatasetError, ImageLoadError, load_image
+from captioning.data_cli import add_build_vocab, add_convert, add_download, add_karpathy_split
 from captioning.download import DownloadError
-from captioning.flags import add_decode_arguments, decode_config, positive
+from captioning.flags import (
+    DATA_FLAGS,
+    add_decode_arguments,
+    add_train_arguments,
+    decode_config,
+    positive,
+    read_options,
+)
+from captioning.formats import open_split
 from captioning.train_cli import add_extract_features, add_train
 
 USER_ERRORS = (
@@ -102,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     decoding = decode_config(args)
     captioner = _load_captioner(args.checkpoint, args.device, args.ensemble)
-    split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
+    split = open_split(args.coco_root, args.split, args.format, read_options(args), args.ids_file)
     n = min(len(split), args.limit) if args.limit else len(split)
     with tqdm(total=n, desc=f"captioning {args.split}", unit="img", disable=args.json or None) as bar:
         scores, _, notes = evaluate(
@@ -133,7 +141,7 @@ def add_caption(sub) -> None:
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO metrics of a checkpoint on a split")
-    p.add_argument("--coco-root", type=Path, required=True)
+    add_train_arguments(p, only=DATA_FLAGS, fill=True)
     p.add_argument("--split", required=True)
     p.add_argument("--ids-file", type=Path)
     p.add_argument("--limit", type=positive, help="only the first N images")
@@ -157,7 +165,7 @@ def cmd_concept_words(args: argparse.Namespace) -> int:
     model, vocab = model_from_checkpoint(ckpt, with_backbone=False)  # its config and words; the cache has features
     backbone = model.cfg.backbone
     concepts.load_head(backbone)  # a clear error for a backbone without one
-    split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
+    split = open_split(args.coco_root, args.split, args.format, read_options(args), args.ids_file)
     kind = feature_kind(model.cfg)
     views = 2 if args.flip else 1
     options = ExtractOptions(cache_dir=args.cache_dir, device=resolve_device(args.device))
@@ -184,7 +192,7 @@ def add_concept_words(sub) -> None:
         "caption words most associated with its probability, and store the map in the checkpoint.",
     )
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--coco-root", type=Path, required=True)
+    add_train_arguments(p, only=DATA_FLAGS, fill=True)
     p.add_argument("--split", default="train")
     p.add_argument("--ids-file", type=Path)
     p.add_argument("--cache-dir", type=Path, default=Path(DEFAULT_CACHE_DIR))
@@ -200,6 +208,7 @@ COMMANDS = (
     add_build_vocab,
     add_download,
     add_karpathy_split,
+    add_convert,
     add_concept_words,
     add_train,
     add_extract_features,

@@ -11,6 +11,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from captioning.backbones import BACKBONES, DEFAULT_BACKBONE
+from captioning.formats import FORMATS, ReadOptions
 from captioning.guidance import BONUS as GUIDE_BONUS
 from captioning.naming import THRESHOLD as NAMING_THRESHOLD
 
@@ -165,7 +166,18 @@ class TrainConfig:
     decoding's with a `val_` prefix (`val_method`, `val_beam_size`, ...).
     """
 
-    coco_root: str = option(None, "a COCO root: annotations/captions_SPLIT.json and SPLIT/", required=True)
+    coco_root: str = option(
+        None,
+        "the dataset (--data is the same flag): a COCO root (annotations/captions_SPLIT.json and SPLIT/), or a "
+        "caption file or folder of any --format",
+        required=True,
+        aliases=("--data",),
+        metavar="PATH",
+    )
+    format: str = option("auto", "the dataset's format (auto: detected where unambiguous)", choices=FORMATS)
+    image_column: str | None = option(None, "CSV/TSV/metadata column naming the image (default: the usual names)")
+    caption_column: str | None = option(None, "CSV/TSV/metadata column holding the caption (default: the usual names)")
+    val_fraction: float = option(0.1, "held out as split val where the format has no splits (stable per image)")
     out: str = option(None, "run directory, e.g. runs/NAME", required=True)
     train_split: str = option("train", "split to train on")
     val_split: str | None = option(
@@ -247,6 +259,8 @@ class TrainConfig:
                 )
             if self.scst_lr <= 0:
                 raise ValueError(f"scst_lr must be positive (got {self.scst_lr})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
         for name in ("max_validations", "max_minutes"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
@@ -283,6 +297,10 @@ class TrainConfig:
         model = {k: v for k, v in values.items() if k in names}
         rest = {k: v for k, v in values.items() if k not in names and k not in decoding}
         return cls(model=ModelConfig(**model), val_decoding=_val_decoding(values), **rest)
+
+    def read_options(self) -> ReadOptions:
+        """How its dataset is read where the format leaves a choice."""
+        return ReadOptions(self.image_column, self.caption_column, self.val_fraction)
 
     def to_argv(self) -> list[str]:
         """The `python -m captioning train` flags that rebuild this config (defaults left out)."""

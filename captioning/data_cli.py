@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioning.data import CocoSplit
 from captioning.download import DEFAULT_BASE_URL, SPLITS, download_coco
-from captioning.flags import positive
+from captioning.flags import DATA_FLAGS, add_train_arguments, positive, read_options
+from captioning.formats import open_split
 
 
 def cmd_build_vocab(args: argparse.Namespace) -> int:
     from captioning.vocab import Vocabulary
 
-    split = CocoSplit.load(args.coco_root, args.split, args.ids_file, check_files=False)
+    split = open_split(args.coco_root, args.split, args.format, read_options(args), args.ids_file)
     vocab = Vocabulary.build(split.all_captions(), args.threshold)
     vocab.save(args.out)
     print(f"{len(vocab)} words (threshold {args.threshold}, {len(split)} images) -> {args.out}")
@@ -48,7 +48,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def add_build_vocab(sub) -> None:
     p = sub.add_parser("build-vocab", help="build a vocabulary JSON from a split's captions")
-    p.add_argument("--coco-root", type=Path, required=True)
+    add_train_arguments(p, only=DATA_FLAGS, fill=True)
     p.add_argument("--split", required=True)
     p.add_argument("--ids-file", type=Path)
     p.add_argument("--threshold", type=positive, default=5, help="minimum word count (default: 5)")
@@ -102,3 +102,26 @@ def add_karpathy_split(sub) -> None:
     p.add_argument("--dataset", type=Path, required=True, help="Karpathy's dataset_coco.json")
     p.add_argument("--coco-root", type=Path, default=Path("data/coco"), help="holds train2017 and val2017")
     p.set_defaults(func=cmd_karpathy_split)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from captioning.formats.convert import convert
+
+    counts = convert(args.coco_root, args.format, read_options(args), args.to)
+    for name, (images, captions) in counts.items():
+        print(
+            f"{name}: {images:,} images, {captions:,} captions -> {args.to / 'annotations' / f'captions_{name}.json'}"
+        )
+    return 0
+
+
+def add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write a dataset of any format as a COCO root",
+        description="Read a dataset in any format --format knows and write it as a COCO root: "
+        "annotations/captions_SPLIT.json and SPLIT/ for each of its splits.",
+    )
+    add_train_arguments(p, only=DATA_FLAGS, fill=True)
+    p.add_argument("--to", type=Path, required=True, help="the COCO root to write (its splits must not exist yet)")
+    p.set_defaults(func=cmd_convert)

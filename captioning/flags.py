@@ -12,6 +12,7 @@ from dataclasses import Field, dataclass, fields
 from typing import Any
 
 from captioning.config import VAL_DECODING, VAL_PREFIX, DecodeConfig, ModelConfig, TrainConfig, validation_fields
+from captioning.formats import ReadOptions
 
 _NONE = "\0none"  # what a --no-X flag stores, so that "not given" (None) stays distinguishable
 
@@ -64,7 +65,7 @@ def _add(parser: argparse.ArgumentParser, flag: Flag, fill: bool) -> None:
     kw: dict[str, Any] = {"help": meta["help"] + shown, "default": flag.default if fill else None, "dest": flag.name}
     if flag.kind is bool:
         action = argparse.BooleanOptionalAction if flag.default else "store_true"
-        parser.add_argument(flag.option, action=action, **kw)
+        parser.add_argument(flag.option, *meta.get("aliases", ()), action=action, **kw)
         if meta.get("off_flag") and not flag.name.startswith(VAL_PREFIX):
             parser.add_argument(
                 meta["off_flag"], dest=flag.name, action="store_false", help="the same as --no-" + flag.option[2:]
@@ -72,7 +73,11 @@ def _add(parser: argparse.ArgumentParser, flag: Flag, fill: bool) -> None:
         return
     if meta.get("const") is not None:
         kw.update(nargs="?", const=meta["const"], metavar=meta.get("metavar"))
-    parser.add_argument(flag.option, type=flag.kind, choices=meta["choices"], required=bool(meta.get("required")), **kw)
+    required = bool(meta.get("required"))
+    kw.setdefault("metavar", meta.get("metavar"))
+    parser.add_argument(
+        flag.option, *meta.get("aliases", ()), type=flag.kind, choices=meta["choices"], required=required, **kw
+    )
     if meta.get("none_flag"):
         parser.add_argument(
             meta["none_flag"], dest=flag.name, action="store_const", const=_NONE, help=meta["none_help"]
@@ -130,3 +135,11 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return value
+
+
+DATA_FLAGS = ("coco_root", "format", "image_column", "caption_column", "val_fraction")  # where a dataset is
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """The ReadOptions of parsed DATA_FLAGS."""
+    return ReadOptions(args.image_column, args.caption_column, args.val_fraction)

@@ -7,7 +7,7 @@ import signal
 import threading
 
 from captioning.config import SHARD_IMAGES
-from captioning.flags import add_train_arguments, positive, train_config
+from captioning.flags import DATA_FLAGS, add_train_arguments, positive, read_options, train_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,12 +72,12 @@ def _stop_on_signals(doing: str) -> threading.Event:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from captioning import distributed
-    from captioning.data import CocoSplit
     from captioning.device import resolve_device
     from captioning.features import ExtractionStopped, ExtractOptions, build_cache
+    from captioning.formats import open_split
     from captioning.model import DECODER_CLASSES
 
-    split = CocoSplit.load(args.coco_root, args.split, args.ids_file)
+    split = open_split(args.coco_root, args.split, args.format, read_options(args), args.ids_file)
     kind = DECODER_CLASSES[args.decoder].feature_kind
     ctx = distributed.setup(args.device)  # under torchrun every rank extracts its own shards
     stop = _stop_on_signals("keeping the finished shards")
@@ -119,7 +119,7 @@ def add_extract_features(sub) -> None:
     p.add_argument("--split", required=True)
     p.add_argument("--ids-file", help="file of image ids restricting the split")
     add_train_arguments(
-        p, only=("coco_root", "backbone", "decoder", "flip", "cache_dir", "device", "num_workers"), fill=True
+        p, only=(*DATA_FLAGS, "backbone", "decoder", "flip", "cache_dir", "device", "num_workers"), fill=True
     )
     p.add_argument("--batch-size", type=positive, default=32, help="images per CNN batch (default: 32)")
     p.add_argument(

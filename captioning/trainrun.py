@@ -18,6 +18,7 @@ from captioning.checkpoint import load_checkpoint, model_from_checkpoint
 from captioning.config import TrainConfig, check_types
 from captioning.data import CocoSplit
 from captioning.features import ExtractOptions, FeatureStore, build_cache
+from captioning.formats import open_split
 from captioning.io import atomic_write_text, read_json
 from captioning.model import CaptionModel, feature_kind
 from captioning.phases import CrossEntropyPhase, Phase, SelfCriticalPhase
@@ -182,8 +183,9 @@ def build_run(
     """Data, model, vocabulary, feature stores and phases; rank 0 writes config.json and vocab.json.
     Raises features.ExtractionStopped when `cb.should_stop` says so while features are extracted."""
     torch.manual_seed(cfg.seed)
-    train_split = CocoSplit.load(Path(cfg.coco_root), cfg.train_split, _path(cfg.train_ids))
-    val = CocoSplit.load(Path(cfg.coco_root), cfg.val_split, _path(cfg.val_ids)) if cfg.val_split else None
+    source, fmt, options = Path(cfg.coco_root), cfg.format, cfg.read_options()
+    train_split = open_split(source, cfg.train_split, fmt, options, _path(cfg.train_ids))
+    val = open_split(source, cfg.val_split, fmt, options, _path(cfg.val_ids)) if cfg.val_split else None
     model, vocab = _model_and_vocab(cfg, train_split, resume_ckpt, _init_checkpoint(cfg))
     model.to(device)
     folder = rundir.RunDir(cfg.out)
