@@ -11,7 +11,7 @@ from app.render import (
     word_confidence_html,
     word_probability_chart,
 )
-from app.uploads import IMAGE_UPLOADS
+from app.uploads import IMAGE_UPLOADS, MAX_FILES
 
 st.set_page_config(page_title="Image captioning", page_icon=":frame_with_picture:", layout="wide")
 st.title("Image captioning")
@@ -21,14 +21,15 @@ entry = ui.model_picker()
 decoding = ui.decoding_controls()
 model = ui.captioner(entry.path)
 cfg = model.info.get("model_config", {})
-st.sidebar.caption(f"Model: {cfg.get('backbone', '?')} + {cfg.get('decoder', '?')} decoder, {len(model.vocab)} words")
+about = f"{cfg.get('backbone', '?')} + {cfg.get('decoder', '?')} decoder"  # from the checkpoint file: shown as text
+st.sidebar.caption(f"Model: {ui.plain(about)}, {len(model.vocab)} words")
 
 drop, gallery = st.columns([3, 2], gap="large")
 files = drop.file_uploader(
     "Images",
     type=IMAGE_UPLOADS,
     accept_multiple_files=True,
-    help="JPG, PNG, WebP, BMP, GIF or TIFF; several at once are fine",
+    help=f"JPG, PNG, WebP, BMP, GIF or TIFF; up to {MAX_FILES} at a time",
 )
 shot = drop.camera_input("Take a picture") if drop.toggle("Use the camera") else None
 example = ui.example_picker(gallery)
@@ -52,12 +53,12 @@ if len(results) > 1:
 for k, result in enumerate(results):
     box = st.container(border=True)
     if result.error:
-        box.error(result.error, icon=":material/broken_image:")
+        box.error(ui.plain(result.error, 400), icon=":material/broken_image:")
         continue
     cap = result.caption
     left, right = box.columns([2, 3])
-    left.image(result.image, caption=result.name, width="stretch")
-    right.markdown(f"### {cap.text}")
+    left.image(result.thumbnail, caption=ui.plain(result.name), width="stretch")
+    right.markdown(f"### {ui.plain(cap.text, 300)}")  # words come from the checkpoint's vocabulary: text, not markup
     right.html(word_confidence_html(cap.words, cap.word_probs))
     if cap.tags:
         seen = " \u00b7 ".join(f"{ui.plain(label, 40)} {100 * p:.0f}%" for label, p in cap.tags)
@@ -87,5 +88,5 @@ for k, result in enumerate(results):
         tabs[2].image(
             attention_overlay(result.image, cap.attention[i]),
             width=320,
-            caption=f"Where the model looked for \u201c{cap.words[i]}\u201d (centre crop it sees)",
+            caption=f"Where the model looked for \u201c{ui.plain(cap.words[i], 40)}\u201d (centre crop it sees)",
         )

@@ -4,18 +4,23 @@ Locations come from the environment so a test or a deployment can point elsewher
 CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`),
 CAPTIONING_DATA_DIR (where COCO roots live, default `data/`), COCO_ROOT (one more root), and the embedded
 sample. The app reads data from these roots only: a browser can pick among them, never type a server path.
+A page load stats each run's files and reads only what changed (scores from checkpoints' plain data, never their
+weights); Fine-tune keeps its newest KEEP_APP_RUNS runs (`prune_app_runs`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
+import shutil
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from captioning import rundir
-from captioning.checkpoint import CheckpointError, default_checkpoint, load_checkpoint
+from captioning.checkpoint import CheckpointError, default_checkpoint, read_metrics
 from captioning.data import SAMPLE_ROOT
 from captioning.io import read_json
 
@@ -25,6 +30,9 @@ GET_A_MODEL = (
     "(get data first with `python -m captioning download --dest data/coco --split val2017 --limit 500`), "
     "or set `CAPTIONING_CHECKPOINT` to a checkpoint."
 )
+# Runs the Fine-tune page keeps: each holds best.pt and last.pt (~90 MB for the default model), so at most ~2 GB.
+# Older ones that ended are deleted when a new one starts; command-line runs are never touched.
+KEEP_APP_RUNS = 20
 
 
 @dataclass(frozen=True)
@@ -126,48 +134,92 @@ def runs_dir() -> Path:
 
 
 def run_dirs(runs: Path | None = None) -> list[Path]:
-    """Run directories under `runs`, newest first (hidden names are skipped)."""
-    runs = Path(runs or runs_dir())
-    if not runs.is_dir():
+    """Run directories under `runs`, newest first (hidden names are skipped); one stat each."""
+    found = []
+    try:
+        with os.scandir(Path(runs or runs_dir())) as entries:
+            for entry in entries:
+                try:
+                    if not entry.name.startswith(".") and entry.is_dir():
+                        found.append((entry.stat().st_mtime, Path(entry.path)))
+                except OSError:  # gone since it was listed
+                    continue
+    except OSError:
         return []
-    dirs = [d for d in runs.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    return sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
 
 
-def _val_score(path: Path) -> tuple[float | None, str | None]:
+class _ByStat:
+    """What `read` made of a file, kept while the file's (mtime, size) stays: a rerun stats unchanged files and
+    reads none. It keeps at most about twice as many files as the latest listing named (see `sweep`)."""
+
+    def __init__(self, read: Callable[[Path], Any]) -> None:
+        self.read, self.kept = read, {}
+
+    def __call__(self, path: Path) -> Any:
+        """`read(path)`, or what it gave while the file is unchanged; None when there is no such regular file."""
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        key, kept = (info.st_mtime_ns, info.st_size), self.kept.get(str(path))
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        value = self.read(path)
+        self.kept[str(path)] = (key, value)
+        return value
+
+    def sweep(self, listed: set[str]) -> None:
+        """Forget files no longer listed, once they outnumber those listed (deleted runs' entries go then)."""
+        if len(self.kept) > 2 * len(listed) + 64:
+            self.kept = {k: v for k, v in self.kept.items() if k in listed}
+
+
+def _read_val_score(path: Path) -> tuple[float | None, str | None]:
     """(validation CIDEr, the decoding it was measured with: "greedy" or "beam"), None where unrecorded."""
     try:
-        return _read_val_score(str(path), path.stat().st_mtime_ns)
-    except OSError:
-        return None, None
-
-
-@functools.lru_cache(maxsize=256)
-def _read_val_score(path: str, mtime_ns: int) -> tuple[float | None, str | None]:  # a rewritten file is re-read
-    try:
-        ckpt = load_checkpoint(Path(path))
+        val = read_metrics(path).get("val")
     except CheckpointError:
         return None, None
-    val = ckpt.get("metrics", {}).get("val")
     val = val if isinstance(val, dict) else {}
     value, method = val.get("CIDEr"), val.get("method")
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return (float(value) if number else None), (method[:20] if isinstance(method, str) else None)
 
 
+_scores = _ByStat(_read_val_score)  # best.pt -> (CIDEr, method)
+_statuses = _ByStat(lambda path: rundir.run_status(path))  # metrics.jsonl -> how its log ends
+
+
+def _status(run: rundir.RunDir) -> str | None:
+    """RunDir.status, the log read only when it changed; None without a log."""
+    status = _statuses(run.metrics)
+    return rundir.INTERRUPTED if status == rundir.RUNNING and not run.locked() else status
+
+
+def _listing(runs: Path | None) -> list[rundir.RunDir]:
+    """The runs, newest first; the caches forget what is no longer among them."""
+    found = list(map(rundir.RunDir, run_dirs(runs)))
+    _scores.sweep({str(run.best) for run in found} | {str(default_checkpoint())})
+    _statuses.sweep({str(run.metrics) for run in found})
+    return found
+
+
 def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
     """The shipped default (when present) and every run with a `best.pt`, newest run first."""
     entries = []
     default = default_checkpoint()
-    if default.is_file():
-        cider, method = _val_score(default)
-        entries.append(ModelEntry(_label("Shipped model", cider, method), default, None, cider))
-    for run in map(rundir.RunDir, run_dirs(runs)):
-        if run.best.is_file():
-            cider, method = _val_score(run.best)
-            status = run.status()
-            label = _label(run.name, cider, method) + ("" if status in (rundir.FINISHED, "unknown") else f" [{status}]")
-            entries.append(ModelEntry(label, run.best, run.name, cider))
+    score = _scores(default)
+    if score is not None:
+        entries.append(ModelEntry(_label("Shipped model", *score), default, None, score[0]))
+    for run in _listing(runs):
+        score = _scores(run.best)
+        if score is not None:
+            status = _status(run) or rundir.UNKNOWN
+            label = _label(run.name, *score) + ("" if status in (rundir.FINISHED, "unknown") else f" [{status}]")
+            entries.append(ModelEntry(label, run.best, run.name, score[0]))
     return entries
 
 
@@ -177,9 +229,10 @@ def list_runs(runs: Path | None = None) -> list[RunEntry]:
     log = default_log()
     if log.is_file():
         entries.append(RunEntry("shipped model", log, rundir.run_status(log)))
-    for run in map(rundir.RunDir, run_dirs(runs)):
-        if run.metrics.is_file():
-            entries.append(RunEntry(run.name, run.metrics, run.status()))
+    for run in _listing(runs):
+        status = _status(run)
+        if status is not None:
+            entries.append(RunEntry(run.name, run.metrics, status))
     return entries
 
 
@@ -188,3 +241,29 @@ def _label(name: str, cider: float | None, method: str | None = None) -> str:
     if cider is None:
         return name
     return f"{name} (val CIDEr {cider:.3f}, {method})" if method else f"{name} (val CIDEr {cider:.3f})"
+
+
+def is_app_run(run: rundir.RunDir) -> bool:
+    """Whether the Fine-tune page started this run: only the app writes the trainer's output to `train.log`."""
+    return run.train_log.is_file()
+
+
+def prune_app_runs(runs_dir: Path, keep: int = KEEP_APP_RUNS, protect: Iterable[Path] = ()) -> list[str]:
+    """Delete the app-started runs past the newest `keep` that ended (finished, stopped, early-stopped) and that no
+    trainer holds; never a command-line run, a running, failed or interrupted one, nor one holding the default
+    model or a path in `protect` (the base a new job starts from). Returns the names removed."""
+    if keep < 0:
+        raise ValueError(f"keep must be 0 or more (got {keep})")
+    spared = [Path(p).resolve() for p in (default_checkpoint(), *protect)]
+    app_runs = [run for run in map(rundir.RunDir, run_dirs(runs_dir)) if not run.path.is_symlink() and is_app_run(run)]
+    removed = []
+    for run in app_runs[keep:]:
+        if run.status() not in rundir.ENDINGS or any(p.is_relative_to(run.path.resolve()) for p in spared):
+            continue
+        try:
+            with rundir.RunLock(run):  # a `--resume` starting now is refused rather than losing its folder
+                shutil.rmtree(run.path)
+        except (rundir.RunLockedError, OSError):
+            continue
+        removed.append(run.name)
+    return removed

@@ -1,10 +1,10 @@
-"""Download a COCO sample from the app: one `python -m captioning download` at a time, run by app.background.
+"""Add COCO val2017 images from the app: one `python -m captioning download` at a time, run by app.background.
 
-The downloader is the package's own (resumable, retried, atomic). Its job file `DATA/.download.json` lets a
-reload, a second tab or another server process re-attach; its progress and its ending are the JSON lines it
-writes to `DATA/.download.jsonl` (`--progress-jsonl`). Before starting, a short request checks that the COCO host
-answers, so an offline machine gets a message at once instead of a hanging bar. $CAPTIONING_COCO_URL points it
-at a mirror (tests use a local one).
+The downloader is the package's own (resumable, retried, atomic; it only adds to what is there). Its job file
+`DATA/.download.json` lets a reload, a second tab or another server process re-attach; its progress and its
+ending are the JSON lines it writes to `DATA/.download.jsonl` (`--progress-jsonl`). Before starting, a short
+request checks that the COCO host answers, so an offline machine gets a message at once instead of a hanging bar.
+$CAPTIONING_COCO_URL points it at a mirror (tests use a local one).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.background import CANCELLED, FAILED, FINISHED, RUNNING, STOPPING, Background, Busy, read_jsonl
-from captioning.download import DEFAULT_BASE_URL
+from captioning.download import DEFAULT_BASE_URL, listed_images
 
 JOB_FILE, LOG_FILE, LOCK_FILE, PROGRESS_FILE = ".download.json", ".download.log", ".download.lock", ".download.jsonl"
 MAX_IMAGES = 5000  # all of val2017
+SPLIT = "val2017"
 ANNOTATIONS, IMAGES = "annotations", "images"  # the stages of its progress records
 
 
@@ -71,17 +72,34 @@ class DownloadManager:
         self.data_dir, self.dest = Path(data_dir), Path(dest).resolve()
         self.jobs = Background(self.data_dir, JOB_FILE, LOCK_FILE, upgrade=self._upgrade)
         self.progress_file = self.jobs.folder / PROGRESS_FILE
+        self._held: tuple[tuple[int, int] | None, int] = (None, 0)  # (the captions file's stamp, images it lists)
 
-    def start(self, limit: int) -> str | None:
-        """Start downloading the first `limit` val2017 images and the annotations; an error message, or None."""
-        if not isinstance(limit, int) or not 1 <= limit <= MAX_IMAGES:
-            return f"the number of images must be between 1 and {MAX_IMAGES}"
+    def held(self) -> int:
+        """How many val2017 images `dest` lists already (its captions file is read again only when it changes)."""
+        try:
+            info = (self.dest / "annotations" / f"captions_{SPLIT}.json").stat()
+        except OSError:
+            return 0
+        stamp = (info.st_mtime_ns, info.st_size)
+        if self._held[0] != stamp:
+            self._held = (stamp, listed_images(self.dest, SPLIT))
+        return self._held[1]
+
+    def start(self, more: int) -> str | None:
+        """Start adding `more` val2017 images (the lowest ids not there yet) and the annotations; a download only
+        adds, never removes. An error message, or None."""
+        held = self.held()
+        if held >= MAX_IMAGES:
+            return f"{self.dest.name} already holds all {MAX_IMAGES:,} {SPLIT} images"
+        if not isinstance(more, int) or not 1 <= more <= MAX_IMAGES - held:
+            return f"the number of images to add must be between 1 and {MAX_IMAGES - held:,}"
+        limit = held + more  # the downloader's --limit: how many the split lists at least, once it is done
         url = base_url()
         if not reachable(url):
             return (f"{url} cannot be reached: this machine seems to be offline. On a machine with internet, run "
                     f"`python -m captioning download --dest data/coco --split val2017 --limit {limit}` "
                     "and copy data/coco here.")  # fmt: skip
-        command = [sys.executable, "-m", "captioning", "download", "--dest", str(self.dest), "--split", "val2017",
+        command = [sys.executable, "-m", "captioning", "download", "--dest", str(self.dest), "--split", SPLIT,
                    "--limit", str(limit), "--base-url", url, "--progress-jsonl", str(self.progress_file)]  # fmt: skip
         forget = lambda: self.progress_file.unlink(missing_ok=True)  # the last download's records  # noqa: E731
         try:

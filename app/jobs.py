@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app import catalog
 from app.background import CANCELLED, FAILED, INTERRUPTED, RUNNING, Background, Busy, Job, JobError
 from captioning import rundir
 from captioning.checkpoint import load_checkpoint
@@ -186,6 +187,7 @@ class JobManager:
         parsed) restricts the training images; a split larger than MAX_TRAIN_IMAGES (MAX_VAL_IMAGES to validate
         on) is sampled, so the features extracted stay bounded; the ids are written into the run folder.
         """
+        catalog.prune_app_runs(self.runs, catalog.KEEP_APP_RUNS, protect=[Path(base)])  # keeps the app's runs bounded
         out = self.runs.resolve() / sanitize_name(name)
         self._check_root(Path(coco_root))  # before anything under it is read
         if not 0 < minutes <= MAX_MINUTES:

@@ -15,8 +15,29 @@ from app.uploads import UploadResult
 from captioning.data import CocoSplit
 from captioning.inference import Caption
 
+# Characters that make markup anywhere in a line: emphasis, code, strikethrough, links and images ([), HTML and
+# autolinks in <>, headings, tables, math ($), entities (&), Streamlit's directives (:red[...]{...}).
+_MARKUP = frozenset("\\`*_~[]<>#|$&{}")
+_LINE_START = re.compile(r"^(?:[-+=]|\d{1,9}(?=[.)](?:\s|$)))")  # a list item or a rule, at a line's start
+# GFM also links bare http://..., www.... and e-mail addresses, in the text after escapes are resolved (remark-gfm
+# finds them with a regex), so escaping cannot stop them: an invisible word joiner breaks the pattern instead.
+_AUTOLINK = re.compile(r"(?i)(?<=https)(?=:)|(?<=http)(?=:)|(?<=www)(?=\.)|(?<=@)")
+# C0/C1 controls and the bidirectional overrides that can make a name read backwards
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
 # An "inferno"-like ramp: dark purple (little attention) -> yellow (most attention).
 _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+
+
+def plain(text: str, limit: int = 80) -> str:
+    """Text from a file or a visitor (a caption, a word, a file name) made safe to show inside markdown: one line,
+    shortened to `limit` characters, with no markup left (links, images, emphasis, tags...), so it reads as the
+    text it is."""
+    text = " ".join(_INVISIBLE.sub(" ", str(text)).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    text = "".join("\\" + c if c in _MARKUP else c for c in text)
+    text = _LINE_START.sub(lambda m: m.group() + "\\" if m.group().isdigit() else "\\" + m.group(), text)
+    return _AUTOLINK.sub("\u2060", text)
 
 
 def captions_frame(results: list[UploadResult]) -> pd.DataFrame:
@@ -97,10 +118,11 @@ def order_ids(ids: list[int], scores: dict[int, dict], key: str | None) -> list[
 
 
 def tile_text(image_id: int, references: list[str], score: dict | None) -> str:
-    """A grid tile's caption: the model's caption and scores once scored, else the first reference."""
+    """A grid tile's caption (markdown): the model's caption and scores once scored, else the first reference."""
     if score is None:
-        return f"**#{image_id}** {references[0]}"
-    return f"**#{image_id}** _{score['caption']}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
+        return f"**#{image_id}** {plain(references[0], 200)}"
+    caption = plain(score["caption"], 200)
+    return f"**#{image_id}** _{caption}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
 
 
 def search_captions(split: CocoSplit, query: str) -> list[int]:

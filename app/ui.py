@@ -11,7 +11,8 @@ import streamlit as st
 
 from app import catalog, downloads
 from app.jobs import JobManager
-from app.uploads import UploadResult, caption_files
+from app.render import plain
+from app.uploads import MAX_FILES, UploadResult, caption_files, thumbnail_jpeg
 from captioning import rundir
 from captioning.checkpoint import CheckpointError
 from captioning.config import METHODS, DecodeConfig
@@ -19,10 +20,13 @@ from captioning.data import (
     DOWNLOAD_HINT,
     CocoSplit,
     DatasetError,
+    ImageLoadError,
     available_splits,
+    load_image,
     parse_ids,
     split_paths,
 )
+from captioning.decodebudget import DECODES
 from captioning.inference import Captioner
 
 COCO_HINT = DOWNLOAD_HINT.format(root="data/coco") + " --limit 500"
@@ -36,13 +40,19 @@ def _captioner(path: str, mtime_ns: int) -> Captioner:  # mtime in the key: a re
 
 
 @st.cache_resource(show_spinner="Reading the dataset...", max_entries=4)
-def _load_split(root: str, split: str, mtime_ns: int) -> CocoSplit:  # a rewritten annotation file is re-read
+def _load_split(root: str, split: str, stamp: tuple) -> CocoSplit:  # a new stamp: read again
     return CocoSplit.load(Path(root), split)
 
 
 def load_split(root: str, split: str) -> CocoSplit:
-    ann, _ = split_paths(Path(root), split)
-    return _load_split(root, split, ann.stat().st_mtime_ns if ann.is_file() else 0)
+    """The split, read again when its annotation file is rewritten or images arrive in (or leave) its folder."""
+    ann, folder = split_paths(Path(root), split)
+    try:  # the folder's entry count too: images can arrive within one tick of its mtime
+        info = ann.stat()
+        stamp = (info.st_mtime_ns, info.st_size, folder.stat().st_mtime_ns, len(os.listdir(folder)))
+    except OSError:
+        stamp = ()
+    return _load_split(root, split, stamp)
 
 
 @st.cache_resource
@@ -58,12 +68,6 @@ def model_key(path: Path) -> tuple[str, int]:
         return str(path), path.stat().st_mtime_ns
     except OSError:
         return str(path), 0
-
-
-def plain(text: str, limit: int = 80) -> str:
-    """User-supplied text made safe to show inside markdown: shortened, and no markup (links, emphasis...)."""
-    text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
-    return "".join("\\" + c if c in "\\`*_{}[]<>()#+-.!|~:$" else c for c in text)
 
 
 def captioner(path: Path) -> Captioner:
@@ -168,7 +172,15 @@ def split_or_stop(root: str, split: str) -> CocoSplit:
 def caption_uploads(
     model: Captioner, path: Path, uploads: list[tuple[str, bytes]], decoding: DecodeConfig
 ) -> list[UploadResult]:
-    """caption_files, remembered per session so moving a slider does not caption everything again."""
+    """caption_files of the first MAX_FILES uploads (a warning counts the others), remembered per session so moving
+    a slider does not caption everything again. The memo holds only what is uploaded now, as small JPEGs."""
+    if len(uploads) > MAX_FILES:
+        st.warning(
+            f"Only the first {MAX_FILES} of {len(uploads)} images are captioned at a time; upload the other "
+            f"{len(uploads) - MAX_FILES} in another batch.",
+            icon=":material/filter_list:",
+        )
+        uploads = uploads[:MAX_FILES]
     memo = st.session_state.setdefault("caption_memo", {})
     setting = (model_key(path), decoding)
     keys = [(setting, name, hashlib.sha1(data).hexdigest()) for name, data in uploads]
@@ -200,13 +212,29 @@ def _examples(sample: str) -> list[catalog.Example]:  # keyed by the sample's fo
     return catalog.examples()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _square(path: str, side: int = 192):
-    """A square centre crop, so the example grid lines up whatever each photo's shape."""
-    from PIL import Image, ImageOps
+@st.cache_data(show_spinner=False, max_entries=256)  # ~15-150 KB each, shared by every session
+def _thumbnail(path: str, mtime_ns: int, side: int, square: bool) -> bytes:  # mtime in the key: a new file is read
+    with DECODES.scope():  # the decode counts in the process's budget until it is shrunk
+        return thumbnail_jpeg(load_image(Path(path), name=Path(path).name), side, square)  # ImageLoadError: not cached
 
-    with Image.open(path) as image:
-        return ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.LANCZOS)
+
+@st.cache_data(show_spinner=False)
+def _placeholder(side: int) -> bytes:
+    from PIL import Image
+
+    return thumbnail_jpeg(Image.new("RGB", (side, side), (229, 231, 235)), side)
+
+
+def show_image(box, path: Path, side: int, square: bool = False, caption: str | None = None) -> bool:
+    """A dataset image in `box`: a display copy at most `side` px (a centre square if `square`, so a grid lines
+    up), read through the bounded loader; a grey square with the reason when it cannot be read. Whether it could."""
+    try:
+        data = _thumbnail(*model_key(path), side, square)
+    except ImageLoadError as exc:
+        box.image(_placeholder(min(side, 256)), caption=f":material/broken_image: {plain(str(exc), 160)}")
+        return False
+    box.image(data, caption=caption, width="stretch")
+    return True
 
 
 def example_picker(box) -> catalog.Example | None:
@@ -217,7 +245,7 @@ def example_picker(box) -> catalog.Example | None:
     box.markdown("**Or try an example** (COCO val images the model was not trained on)")
     for row in range(0, len(examples), 4):
         for col, example in zip(box.columns(4), examples[row : row + 4]):
-            col.image(_square(str(example.path)), width="stretch")
+            show_image(col, example.path, 192, square=True)
             if col.button("Caption", key=f"example-{example.image_id}", width="stretch"):
                 st.session_state["example"] = example.image_id
     chosen = next((e for e in examples if e.image_id == st.session_state.get("example")), None)
@@ -233,21 +261,26 @@ def download_manager(data: str) -> downloads.DownloadManager:
 
 
 def download_panel(expanded: bool) -> None:
-    """Browse's offer to download COCO val2017 (a limit of images, and the annotations) into data/coco, with a
-    live progress bar; offline, a message saying so."""
+    """Browse's offer to add COCO val2017 images (and the annotations) to data/coco, saying what it holds already,
+    with a live progress bar; offline, a message saying so. A download only adds: it never removes an image."""
     manager = download_manager(str(catalog.data_dir()))
-    with st.expander("Download COCO val2017 into data/coco (needs internet)", expanded=expanded):
-        status = manager.status()
-        if status is not None and status.running:
+    status, held = manager.status(), manager.held()
+    room = downloads.MAX_IMAGES - held
+    running = status is not None and status.running
+    if room <= 0 and not running:
+        return  # all of val2017 is there: nothing to add
+    with st.expander("Add COCO val2017 images to data/coco (needs internet)", expanded=expanded):
+        if running:
             _download_progress(manager)
             return
         if status is not None and status.message:
             how = "" if status.state == downloads.FINISHED else f" {status.state}"  # failed, cancelled...
             st.caption(f"Last download{how}: {plain(status.message, 200)}")
-        limit = st.number_input("Images", 1, downloads.MAX_IMAGES, 500, step=100, help="the first N images by id")
+        st.caption(f"data/coco holds {held:,} of {downloads.MAX_IMAGES:,} val2017 images; a download adds more.")
+        more = st.number_input("Images to add", 1, room, min(500, room), step=100, help="the lowest ids not there yet")
         if st.button("Download", icon=":material/download:"):
             with st.spinner("Checking the connection..."):
-                problem = manager.start(int(limit))
+                problem = manager.start(int(more))
             if problem:
                 st.warning(problem)
             else:

@@ -1,6 +1,7 @@
 """How every stage grows with the data: wall time and peak memory at three dataset sizes, side by side.
 
 Run: .venv/bin/python -m benchmarks.bench_scale [--sizes 2000 8000 32000] [--workdir /tmp/bench-scale]
+     .venv/bin/python -m benchmarks.bench_scale --catalog [--catalog-runs 300 3000]  (the model picker only)
 
 It generates a synthetic COCO-layout dataset of N small images (5 captions each, from a grammar of about
 1,500 words) plus a val split of N/8, then runs each stage in a fresh process (so its peak RSS is its own)
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -172,12 +175,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=3, default=[2000, 8000, 32000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-scale"))
+    parser.add_argument("--catalog", action="store_true", help="time the model picker's listing of many runs")
+    parser.add_argument("--catalog-runs", type=int, nargs="+", default=[300, 3000])
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
         return _child(args)
+    if args.catalog:
+        return catalog_bench(args.workdir, args.catalog_runs)
     results: dict[str, list[dict]] = {s: [] for s in STAGES}
     for n in args.sizes:
         t = time.perf_counter()
@@ -211,6 +218,39 @@ def _report(sizes: list[int], results: dict[str, list[dict]], pooled_bytes: floa
     print(f"\ndisk per image and view: pooled {pooled_bytes / 1024:.1f} KB (measured), grid {grid / 1024:.0f} KB; "
           f"for {COCO_TRAIN:,} images: pooled {pooled_bytes * COCO_TRAIN / 1e9:.2f} GB, grid "
           f"{grid * COCO_TRAIN / 1e9:.1f} GB per view")  # fmt: skip
+
+
+def catalog_bench(workdir: Path, counts: list[int]) -> None:
+    """The model picker's listing of N runs, each best.pt a hard link of the shipped checkpoint: a server's first
+    page load and a rerun, beside what every page load cost before #22 (its cache of 256 missed every time past
+    256 runs, so each best.pt was loaded whole: timed on 100 of them, scaled to N)."""
+    from app import catalog
+    from captioning.checkpoint import SHIPPED, load_checkpoint
+
+    source = workdir / "catalog-best.pt"  # hard links need one file system
+    if not source.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHIPPED, source)
+    print("| runs | before #22: each page load (s, est.) | first page load (s) | a rerun (s) |\n|---|---|---|---|")
+    for n in counts:
+        runs = workdir / f"catalog-{n}"
+        for i in range(n):
+            run = runs / f"run{i:05d}"
+            if not (run / "best.pt").exists():
+                run.mkdir(parents=True, exist_ok=True)
+                os.link(source, run / "best.pt")
+                (run / "metrics.jsonl").write_text(json.dumps({"kind": "event", "event": "finished", "step": 1}))
+        sample = catalog.run_dirs(runs)[:100]
+        t = time.perf_counter()
+        for run in sample:
+            load_checkpoint(run / "best.pt")
+        before = (time.perf_counter() - t) * n / len(sample)
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            assert len(catalog.list_checkpoints(runs)) >= n
+            times.append(time.perf_counter() - t)
+        print(f"| {n:,} | {before:.1f} | {times[0]:.2f} | {times[1]:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

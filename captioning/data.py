@@ -17,22 +17,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from captioning.decodebudget import DECODES, DecodeBusyError
+from captioning.imagefile import ImageLoadError, open_checked
 from captioning.io import read_json
 
 IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # the file types the app offers
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may decode them as (JPEG includes MPO)
 MAX_IDS_BYTES = 16_000_000  # an ids file of every COCO image is about 1 MB
 MAX_PIXELS = 40_000_000  # larger images are refused: decoding them could exhaust memory
+DRAFT_SIDE = 2048  # a JPEG with a short side of twice this is decoded smaller, never below it (COCO is <= 640)
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"  # the embedded COCO sample: 150 train, 60 val
 DOWNLOAD_HINT = "python -m captioning download --dest {root} --split val2017"
 
 
 class DatasetError(ValueError):
     """A COCO root or split that cannot be read; the message says what to do."""
-
-
-class ImageLoadError(ValueError):
-    """An image that cannot be decoded; the message names the file and the reason."""
 
 
 class SkippedImagesWarning(UserWarning):
@@ -52,17 +51,19 @@ def load_image(source: Path | str | bytes | io.BytesIO, name: str | None = None)
     """Open an image file or bytes as an upright RGB PIL image.
 
     Only the formats the app offers are read (`IMAGE_FORMATS`: never EPS or another format whatever the file's
-    name says), up to MAX_PIXELS, first frame of an animation. Applies the EXIF orientation; converts grayscale,
-    CMYK, palette, alpha and 16-bit images to 8-bit RGB (transparent areas on white). Raises ImageLoadError with
-    a clear reason, which calls the image `name` (default: its path, else "the uploaded file").
+    name says), up to MAX_PIXELS, first frame of an animation, if its structure bounds the work (`imagefile`) and
+    when the process's budget has room (`decodebudget`); a JPEG of a short side over 2 x DRAFT_SIDE is decoded at
+    1/2-1/8 scale. Applies the EXIF orientation; converts grayscale, CMYK, palette, alpha and 16-bit images to
+    8-bit RGB (transparent areas on white). Raises ImageLoadError with a clear reason, which calls the image `name`
+    (default: its path, else "the uploaded file").
     """
     name = name or (str(source) if isinstance(source, (str, Path)) else "the uploaded file")
-    if isinstance(source, (str, Path)):
-        _check_regular_file(Path(source), name)
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageLoadError(f"{name} is empty (0 bytes)")
-        source = io.BytesIO(source)
+    with open_checked(source, name) as fp:
+        return _decode(fp, name)
+
+
+def _decode(source, name: str) -> Image.Image:
+    """The first frame of the checked file `source`, decoded within the process's budget, as RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -74,12 +75,17 @@ def load_image(source: Path | str | bytes | io.BytesIO, name: str | None = None)
                         f"{name} is too large to decode safely ({w}x{h} pixels; the limit is "
                         f"{MAX_PIXELS // 1_000_000} megapixels)"
                     )
-                image.load()
-                return to_rgb(image)
+                with DECODES.hold(w * h):
+                    if image.format in ("JPEG", "MPO") and min(w, h) >= 2 * DRAFT_SIDE:
+                        image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))  # libjpeg scales by 1/2-1/8 as it decodes
+                    image.load()
+                    return to_rgb(image)
             finally:
                 image.close()  # PIL keeps a file open otherwise; to_rgb made a copy
     except ImageLoadError:
         raise
+    except DecodeBusyError as exc:
+        raise ImageLoadError(f"{name} was not decoded: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(f"{name} is too large to decode safely") from None
     except Exception as exc:  # PIL raises many types for corrupt data
@@ -89,18 +95,6 @@ def load_image(source: Path | str | bytes | io.BytesIO, name: str | None = None)
             else f"corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]})"
         )
         raise ImageLoadError(f"{name} is {reason}") from None
-
-
-def _check_regular_file(path: Path, name: str) -> None:
-    """A missing, empty or special file (a folder, FIFO or device) is an ImageLoadError, before reading it."""
-    try:
-        info = path.stat()
-    except OSError:
-        raise ImageLoadError(f"{name} does not exist") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ImageLoadError(f"{name} is not a regular file")
-    if info.st_size == 0:
-        raise ImageLoadError(f"{name} is empty (0 bytes)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -36,9 +36,15 @@ def cmd_download(args: argparse.Namespace) -> int:
         f"there, {len(summary.failed)} failed; in {summary.images_dir}, "
         f"captions in {summary.annotations}"
     ]
+    if args.limit is not None and summary.listed > args.limit:
+        more = f"{summary.split} lists {summary.listed:,} images, more than --limit {args.limit:,}"
+        lines.append(f"{more}: a download only adds, so none was removed")
+    if summary.damaged:
+        lines.append(f"{len(summary.damaged)} kept file(s) were not whole images and were fetched again")
     if summary.failed:
+        named = [f"{name} ({summary.reasons.get(name, 'failed')})" for name in summary.failed[:5]]
         more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
-        lines.append(f"failed: {', '.join(summary.failed[:5])}{more} (run again to retry them)")
+        lines.append(f"failed: {', '.join(named)}{more}; run again to retry them")
     print("\n".join(lines))
     if log is not None:
         counts = {"downloaded": summary.downloaded, "skipped": summary.skipped, "failed": len(summary.failed)}
@@ -64,7 +70,11 @@ def add_download(sub) -> None:
     )
     p.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder")
     p.add_argument("--split", choices=SPLITS, default="val2017")
-    p.add_argument("--limit", type=int, help="only the first N images by id")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="list at least N images: the lowest ids not yet there are added; a download never removes any",
+    )
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="COCO host or mirror")
     p.add_argument("--retries", type=int, default=3, help="extra tries per file")
     p.add_argument(

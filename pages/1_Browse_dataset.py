@@ -5,7 +5,7 @@ import math
 import streamlit as st
 
 from app import catalog, ui
-from app.render import order_ids, search_captions, tile_text
+from app.render import order_ids, plain, search_captions, tile_text
 from captioning.evaluate import iter_scores
 
 PER_PAGE = 12
@@ -14,7 +14,7 @@ ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first"
 st.set_page_config(page_title="Browse dataset", page_icon=":frame_with_picture:", layout="wide")
 st.title("Browse the dataset")
 root, split_name = ui.coco_picker()
-if catalog.is_sample(root) or not (catalog.data_dir() / "coco").is_dir():
+if catalog.is_sample(root) or not (coco := catalog.data_dir() / "coco").is_dir() or coco.samefile(root):
     ui.download_panel(expanded=False)
 split = ui.split_or_stop(root, split_name)
 entry = ui.model_picker(required=False)
@@ -41,22 +41,22 @@ if "image" in st.query_params:
         st.rerun()
     image_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else None
     if image_id not in split.files:
-        st.warning(f"There is no image with id \u201c{ui.plain(raw, 24)}\u201d in split {split_name}.")
+        st.warning(f"There is no image with id \u201c{plain(raw, 24)}\u201d in split {plain(split_name)}.")
         st.stop()
     left, right = st.columns(2)
-    left.image(str(split.files[image_id]), caption=f"COCO image {image_id} (link: ?image={image_id})", width="stretch")
+    ui.show_image(left, split.files[image_id], 1024, caption=f"COCO image {image_id} (link: ?image={image_id})")
     right.subheader("Reference captions")
-    right.markdown("\n".join(f"- {c}" for c in split.captions[image_id]))
+    right.markdown("\n".join(f"- {plain(c, 300)}" for c in split.captions[image_id]))  # from the file: as text
     if model is None:
         right.info("Choose a model in the sidebar to compare its caption.")
         st.stop()
     if image_id not in scores:
         score([image_id])
     if image_id not in scores:
-        right.warning(f"{split.files[image_id]} could not be read, so it has no model caption.")
+        right.warning(f"{plain(split.files[image_id].name)} could not be read, so it has no model caption.")
         st.stop()
     right.subheader("Model caption")
-    right.markdown(f"**{scores[image_id]['caption']}**")
+    right.markdown(f"**{plain(scores[image_id]['caption'], 300)}**")
     a, b = right.columns(2)
     a.metric("BLEU-4", f"{scores[image_id]['BLEU-4']:.3f}")
     b.metric("CIDEr", f"{scores[image_id]['CIDEr']:.3f}", help="with document frequencies from the whole split")
@@ -69,7 +69,9 @@ ids = order_ids(search_captions(split, query), scores, key)
 pages = max(1, math.ceil(len(ids) / PER_PAGE))
 page = paging.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{query}-{key}")
 shown = ids[(page - 1) * PER_PAGE : page * PER_PAGE]
-st.caption(f"{len(ids)} of {len(split)} images in {split_name} match; {len(scores)} scored with the selected model.")
+st.caption(
+    f"{len(ids)} of {len(split)} images in {plain(split_name)} match; {len(scores)} scored with the selected model."
+)
 if model is not None:
     one, everything, _ = st.columns([1, 1, 3])
     if one.button("Score this page", icon=":material/speed:"):
@@ -79,11 +81,11 @@ if model is not None:
         score([i for i in split.ids if i not in scores])
         st.rerun()
 if not ids:
-    st.info(f"No reference caption in {split_name} contains \u201c{query}\u201d.")
+    st.info(f"No reference caption in {plain(split_name)} contains \u201c{plain(query)}\u201d.")
 for row in range(0, len(shown), 4):
     for col, i in zip(st.columns(4), shown[row : row + 4], strict=False):
         tile = col.container(border=True)
-        tile.image(str(split.files[i]), width="stretch")
+        ui.show_image(tile, split.files[i], 384)
         tile.caption(tile_text(i, split.captions[i], scores.get(i)))
         if tile.button("Open image", key=f"open-{i}"):
             st.query_params["image"] = str(i)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from download_mirror import mirror  # noqa: F401  (the fake COCO mirror fixture of the download tests)
 from fixtures import make_coco
 
 from captioning.config import TrainConfig

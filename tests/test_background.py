@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import open_page, point_app, text
-from test_download import ANNOTATIONS_ZIP, mirror  # noqa: F401  (the fake COCO mirror fixture)
 
 from app import procs
 from app.background import CANCELLED, FAILED, FINISHED, INTERRUPTED, RUNNING, Background, Busy, Exit, ended_as
 from app.downloads import DownloadManager
 from app.jobs import JobManager
+from captioning.download import ANNOTATIONS_ZIP, download_coco
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN = """
@@ -274,7 +274,28 @@ def test_a_real_download_reports_its_progress_and_ending(mirror, monkeypatch, tm
         assert time.time() < deadline, status
         time.sleep(0.1)
     if broken:
-        assert status.state == FAILED and status.message.endswith("is not a valid zip archive (File is not a zip file)")
+        assert status.state == FAILED
+        assert "sent a damaged annotations archive twice (BadZipFile: File is not a zip file)" in status.message
     else:
         assert status.state == FINISHED and status.message.startswith("val2017 images: 3 downloaded, 0 already there")
         assert (status.stage, status.done, status.total, status.fraction) == ("images", 3, 3, 1.0)
+
+
+def test_the_manager_only_offers_to_add_images(mirror, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("CAPTIONING_COCO_URL", mirror.url)
+    data = tmp_path / "data"
+    download_coco(data / "coco", limit=3, base_url=mirror.url, progress=False)
+    manager = DownloadManager(data, data / "coco")
+    assert manager.held() == 3
+    assert manager.start(4998) == "the number of images to add must be between 1 and 4,997"
+    assert manager.status() is None  # nothing started
+    assert manager.start(1) is None
+    assert manager.jobs.current().command[-6:-4] == ["--limit", "4"]  # what it holds, and one more
+    deadline = time.time() + 120
+    while (status := manager.status()).running:
+        assert time.time() < deadline, status
+        time.sleep(0.1)
+    assert status.state == FINISHED and status.message.startswith("val2017 images: 1 downloaded, 3 already there")
+    assert manager.held() == 4
+    monkeypatch.setattr("app.downloads.MAX_IMAGES", 4)
+    assert manager.start(1) == "coco already holds all 4 val2017 images"

@@ -7,16 +7,19 @@ take a second; tests/test_app.py runs the real `python -m captioning train` thro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from app import catalog
 from app.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
 from captioning import rundir
+from captioning.checkpoint import FORMAT, FORMAT_VERSION
 
 FAKE_TRAINER = f"""#!{sys.executable}
 # Stand-in for `python -m captioning train`: logs like it, sleeps, saves last.pt on SIGTERM.
@@ -117,6 +120,90 @@ def test_a_corrupt_checkpoint_is_listed_without_a_score(tmp_path, monkeypatch):
     assert entry.label == "broken" and entry.cider is None  # loading it is where the app reports the error
 
 
+def _scored(path: Path, cider: float) -> None:
+    """A best.pt with no weights: what the model picker reads of one."""
+    metrics = {"val": {"CIDEr": cider, "method": "greedy"}}
+    empty = {"model_config": {}, "vocab": {}, "decoder_state": {}}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "metrics": metrics, **empty}, path)
+
+
+def _run(runs: Path, name: str, ending: str | None = "finished", app: bool = True) -> Path:
+    """A run folder: a best.pt, a log that ends with `ending` (None: still running, or killed), and the train.log
+    the app writes when `app`."""
+    run = runs / name
+    run.mkdir(parents=True)
+    records = [{"kind": "event", "event": "start", "step": 0}] + ([{"kind": "event", "event": ending, "step": 5}]
+                                                                   if ending else [])  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _scored(run / "best.pt", 0.5)
+    if app:
+        (run / "train.log").write_text("training...\n")
+    return run
+
+
+def _age(runs: Path, ages: dict[str, float]) -> None:
+    """Set each run folder's modification time `ages[name]` seconds back: the listing's newest-first order."""
+    now = time.time()
+    for name, age in ages.items():
+        os.utime(runs / name, (now - age, now - age))
+
+
+def test_a_rerun_over_1200_runs_reads_no_file_again(tmp_path, monkeypatch):
+    runs, count = tmp_path / "runs", 1200  # past the old caches: 256 checkpoints, 1,024 logs
+    for i in range(count):
+        _run(runs, f"run{i:04d}", app=False)
+        _scored(runs / f"run{i:04d}" / "best.pt", i / 1000)
+    monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(tmp_path / "none.pt"))
+    loads, reads, logs, stats = [], [], [], []
+    load, read, status, stat = torch.load, catalog.read_metrics, rundir.run_status, os.stat
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or load(*a, **k))  # a whole checkpoint
+    monkeypatch.setattr(catalog, "read_metrics", lambda path: reads.append(path) or read(path))  # its plain data
+    monkeypatch.setattr(rundir, "run_status", lambda path: logs.append(path) or status(path))
+    first = catalog.list_checkpoints(runs)
+    assert {m.label for m in first} == {f"run{i:04d} (val CIDEr {i / 1000:.3f}, greedy)" for i in range(count)}
+    assert loads == [] and len(reads) == len(logs) == count
+
+    reads.clear()
+    logs.clear()
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a[0]) or stat(*a, **k))
+    assert catalog.list_checkpoints(runs) == first
+    assert [r.name for r in catalog.list_runs(runs)] == [m.run for m in first]
+    monkeypatch.setattr(os, "stat", stat)
+    assert loads == reads == logs == []  # before #22: every checkpoint was loaded whole again, on every rerun
+    assert len(stats) <= 3 * count + 2  # best.pt, metrics.jsonl (picker), metrics.jsonl (logs); 2 for the shipped model
+
+    _scored(runs / "run0007" / "best.pt", 0.999)  # retrained
+    shutil.rmtree(runs / "run0008")
+    labels = {m.run: m.label for m in catalog.list_checkpoints(runs)}
+    assert len(reads) == 1 and labels["run0007"] == "run0007 (val CIDEr 0.999, greedy)" and "run0008" not in labels
+
+
+def test_pruning_keeps_the_newest_app_runs_and_deletes_only_older_ended_ones(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    doomed = {"old-finished": "finished", "old-stopped": "stopped", "old-early": "early_stopped"}
+    for name in ("new0", "new1", "new2", "old-base", "old-default", ".old-hidden"):
+        _run(runs, name)
+    for name, ending in doomed.items():
+        _run(runs, name, ending)
+    for name in ("old-running", "old-interrupted"):  # no ending logged: training now (it holds its lock), or killed
+        _run(runs, name, None)
+    _run(runs, "old-cli", app=False)  # the command line's
+    (runs / "old-link").symlink_to(_run(tmp_path / "elsewhere", "linked"))
+    live = rundir.RunLock(rundir.RunDir(runs / "old-running")).__enter__()
+    _age(runs, {name: age for age, name in enumerate(sorted(os.listdir(runs), key=lambda n: not n.startswith("new")))})
+    monkeypatch.setenv("CAPTIONING_CHECKPOINT", str(runs / "old-default" / "best.pt"))
+    files = lambda: {p for p in tmp_path.rglob("*") if p.name != rundir.LOCK}  # noqa: E731
+
+    before = files()
+    removed = catalog.prune_app_runs(runs, keep=3, protect=[runs / "old-base" / "best.pt"])
+    assert sorted(removed) == sorted(doomed)
+    assert files() == {p for p in before if not any(p.is_relative_to(runs / name) for name in doomed)}  # nothing else
+    live.__exit__()
+    assert catalog.prune_app_runs(runs, keep=3, protect=[runs / "old-base" / "best.pt"]) == []
+    with pytest.raises(ValueError, match="keep"):
+        catalog.prune_app_runs(runs, keep=-1)
+
+
 # jobs: names and validation -----------------------------------------------------------------------------------------
 
 
@@ -195,3 +282,18 @@ def test_finished_and_failed_jobs_report_their_end(tiny_checkpoint, tiny_coco, t
     assert status.state == "failed" and status.message == "error: no annotations for split 'train'"
     assert status.summary() == ("error", "Run **broken** failed at step 0:") and "no annotations" in status.log_tail
     assert json.loads((tmp_path / "runs" / ".active_job.json").read_text())["name"] == "broken"
+
+
+def test_starting_a_job_deletes_the_app_runs_past_the_newest(tiny_checkpoint, tiny_coco, tmp_path, fake_python,
+                                                             monkeypatch):  # fmt: skip
+    runs = tmp_path / "runs"
+    for name in ("done0", "done1", "done2", "done3"):
+        _run(runs, name)
+    _run(runs, "cli", app=False)
+    _age(runs, {"cli": 500, "done0": 100, "done1": 101, "done2": 102, "done3": 103})
+    monkeypatch.setattr(catalog, "KEEP_APP_RUNS", 2)
+    monkeypatch.setenv("FAKE_TRAINER", "finish")
+    manager = JobManager(runs, python=fake_python)
+    manager.start("new", tiny_checkpoint, tiny_coco, "train", steps=10)
+    assert manager.wait(timeout=20) == 0
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["cli", "done0", "done1", "new"]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from adversarial import checkpoint_with_lying_record
 from PIL import Image
 
-from captioning.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from captioning import checkpoint
+from captioning.checkpoint import (
+    FORMAT_VERSION,
+    SHIPPED,
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_metrics,
+    save_checkpoint,
+)
 from captioning.config import DecodeConfig
 from captioning.data import CocoSplit, load_image
 from captioning.inference import Captioner
@@ -102,3 +113,52 @@ def test_bad_decoding_settings_are_refused_by_name():
         DecodeConfig(beam_size=0)
     with pytest.raises(ValueError, match="max_len must be at least 1"):
         DecodeConfig(max_len=0)
+
+
+def _rezipped(src, out, **zip_options):
+    """`src` with every record written again by zipfile with `zip_options` (e.g. deflated)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", **zip_options) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    return out
+
+
+def test_only_zips_as_torch_save_writes_them_are_read(tiny_checkpoint, tmp_path, monkeypatch):
+    """Records stored, within the file, a small list of them and a small pickle: anything else could inflate past
+    the file inside torch.load, so it is refused in one line first."""
+    legacy, lying = tmp_path / "legacy.pt", tmp_path / "lying.pt"
+    torch.save(load_checkpoint(tiny_checkpoint), legacy, _use_new_zipfile_serialization=False)  # no records to check
+    checkpoint_with_lying_record(tiny_checkpoint, lying)
+    deflated = _rezipped(tiny_checkpoint, tmp_path / "deflated.pt", compression=zipfile.ZIP_DEFLATED)
+    cases = [(deflated, "is compressed", {}), (legacy, "not a checkpoint file", {}), (lying, "records declare", {}),
+             (tiny_checkpoint, "plain data takes", {"MAX_PLAIN_DATA": 100}),
+             (tiny_checkpoint, "list of records is larger", {"MAX_DIRECTORY": 100})]  # fmt: skip
+    for path, words, limits in cases:
+        with monkeypatch.context() as patch:
+            for name, value in limits.items():
+                patch.setattr(checkpoint, name, value)
+            for read in (load_checkpoint, read_metrics):
+                with pytest.raises(CheckpointError) as caught:
+                    read(path)
+                message = str(caught.value)
+                assert words in message and str(path) in message and "\n" not in message, message
+    stored = _rezipped(tiny_checkpoint, tmp_path / "restored.pt")  # stored records, laid out by another writer
+    assert read_metrics(stored) == load_checkpoint(stored)["metrics"] == load_checkpoint(tiny_checkpoint)["metrics"]
+
+
+def test_checkpoints_load_with_every_weight_as_saved(tiny_checkpoint, tiny_attention_checkpoint):
+    for path in (tiny_checkpoint, tiny_attention_checkpoint, SHIPPED):
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        model, vocab = model_from_checkpoint(load_checkpoint(path), with_backbone=False, source=str(path))
+        state = model.decoder.state_dict()
+        assert state.keys() == raw["decoder_state"].keys() and len(vocab) == len(raw["vocab"]["itos"])
+        assert all(torch.equal(state[k], v) for k, v in raw["decoder_state"].items()), path
+        assert read_metrics(path) == raw["metrics"]
+
+
+def test_a_config_past_the_weight_limit_is_refused_by_its_count(tiny_checkpoint, monkeypatch):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    model_from_checkpoint(ckpt, with_backbone=False)
+    monkeypatch.setattr(checkpoint, "MAX_PARAMETERS", 1000)
+    with pytest.raises(CheckpointError, match=r"^tiny: its config asks for [\d,]+ weights, more than the 1,000$"):
+        model_from_checkpoint(ckpt, with_backbone=False, source="tiny")

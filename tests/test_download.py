@@ -1,160 +1,26 @@
-"""Tests for captioning.download against a local fake COCO mirror on 127.0.0.1."""
+"""captioning.download against a local fake COCO mirror on 127.0.0.1: the layout, resume, retries, progress."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import socket
-import threading
-import zipfile
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from download_mirror import (
+    IMAGE_IDS,
+    ZIP_PATH,
+    Mirror,
+    _captions_json,
+    _dead_url,
+    _download,
+    _file_name,
+    _image_path,
+    _jpeg,
+)
 
 from captioning.cli import build_parser, main
 from captioning.download import ANNOTATIONS_ZIP, DownloadError, ProgressFile, download_coco
-
-IMAGE_IDS = [42, 7, 19, 3, 88]  # unsorted on purpose: limit takes the lowest ids
-ZIP_PATH = "/" + ANNOTATIONS_ZIP
-
-
-def _file_name(image_id: int) -> str:
-    return f"{image_id:012d}.jpg"
-
-
-def _image_path(image_id: int) -> str:
-    return f"/val2017/{_file_name(image_id)}"
-
-
-@dataclass
-class Mirror:
-    """A fake images.cocodataset.org: files under root, plus knobs to misbehave."""
-
-    root: Path
-    url: str = ""
-    # (path, Range header) of every GET, in order
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-    # path -> how many 500s to answer before serving it
-    fail: dict[str, int] = field(default_factory=dict)
-    # path -> bytes to send before hanging up (once)
-    cut: dict[str, int] = field(default_factory=dict)
-    # False: ignore Range and answer 200 with the whole file
-    ranges: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def data(self, path: str) -> bytes:
-        return (self.root / path.lstrip("/")).read_bytes()
-
-    def gets(self, path: str) -> list[str | None]:
-        """Range headers of the requests for path, in order."""
-        return [rng for p, rng in self.requests if p == path]
-
-    def image_gets(self) -> list[str]:
-        return sorted(p for p, _ in self.requests if p.startswith("/val2017/"))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        mirror: Mirror = self.server.mirror
-        rng = self.headers.get("Range")
-        with mirror.lock:
-            mirror.requests.append((self.path, rng))
-            failing = mirror.fail.get(self.path, 0)
-            if failing:
-                mirror.fail[self.path] = failing - 1
-            cut = mirror.cut.pop(self.path, None)
-        if failing:
-            self.send_error(500)
-            return
-        file = mirror.root / self.path.lstrip("/")
-        if not file.is_file():
-            self.send_error(404)
-            return
-        data = file.read_bytes()
-        start = int(rng.removeprefix("bytes=").split("-")[0]) if rng and mirror.ranges else 0
-        if start >= len(data) > 0:
-            self.send_error(416)
-            return
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if cut is not None:
-            self.wfile.write(body[:cut])
-            self.close_connection = True  # hang up with the body unfinished
-        else:
-            self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass  # keep pytest output clean
-
-
-def _jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), (seed * 37 % 256, seed * 91 % 256, 128)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _captions_json() -> dict:
-    images = [
-        {
-            "id": i,
-            "file_name": _file_name(i),
-            "coco_url": f"http://images.cocodataset.org/val2017/{_file_name(i)}",
-            "width": 32,
-            "height": 24,
-        }
-        for i in IMAGE_IDS
-    ]
-    annotations = [
-        {"image_id": i, "id": i * 10 + k, "caption": f"caption {k} of image {i}"} for i in IMAGE_IDS for k in range(5)
-    ]
-    info = {"description": "COCO 2017 Dataset"}
-    return {"info": info, "licenses": [], "images": images, "annotations": annotations}
-
-
-def _make_mirror(root: Path) -> None:
-    (root / "annotations").mkdir(parents=True)
-    with zipfile.ZipFile(root / ANNOTATIONS_ZIP, "w") as archive:
-        archive.writestr("annotations/captions_val2017.json", json.dumps(_captions_json()))
-        archive.writestr("annotations/instances_val2017.json", "{}")  # ignored
-    (root / "val2017").mkdir()
-    for i in IMAGE_IDS:
-        (root / "val2017" / _file_name(i)).write_bytes(_jpeg(i))
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # A proxy from the environment must not intercept 127.0.0.1.
-    monkeypatch.setenv("no_proxy", "*")
-    state = Mirror(root=tmp_path / "mirror")
-    _make_mirror(state.root)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.mirror = state
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def _download(mirror: Mirror, dest: Path, **kwargs):
-    kwargs = {"base_url": mirror.url, "timeout": 5, "backoff": 0, **kwargs}
-    return download_coco(dest, "val2017", progress=False, **kwargs)
-
-
-def _dead_url() -> str:
-    """A local URL nothing listens on (the port was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_full_download_gives_standard_coco_layout(mirror: Mirror, tmp_path: Path):
@@ -184,7 +50,7 @@ def test_limit_then_no_limit_fetches_only_the_rest(mirror: Mirror, tmp_path: Pat
     assert [image["id"] for image in captions["images"]] == [3, 7]
     assert sorted({a["image_id"] for a in captions["annotations"]}) == [3, 7]
     assert len(captions["annotations"]) == 10
-    assert "first 2 of 5 images" in captions["info"]["description"]
+    assert "subset: 2 of 5 images" in captions["info"]["description"]
 
     mirror.requests.clear()
     summary = _download(mirror, dest)
@@ -295,7 +161,7 @@ def test_damaged_zip_is_fetched_again(mirror: Mirror, tmp_path: Path):
 
 def test_mirror_with_broken_zip_gives_clear_error(mirror: Mirror, tmp_path: Path):
     (mirror.root / ANNOTATIONS_ZIP).write_bytes(b"broken")
-    with pytest.raises(DownloadError, match="not a valid zip"):
+    with pytest.raises(DownloadError, match=r"sent a damaged annotations archive twice \(BadZipFile: File is not"):
         _download(mirror, tmp_path / "coco")
     assert len(mirror.gets(ZIP_PATH)) == 2  # refetched once, then gave up
 
@@ -366,7 +232,9 @@ def test_cli_writes_progress_and_how_it_ended_as_json_lines(mirror: Mirror, tmp_
     (mirror.root / "val2017" / _file_name(88)).unlink()
     assert main([*argv[:3], "--progress-jsonl", str(path), "--base-url", mirror.url]) == 1  # all 5: one is gone
     end = _records(path)[-1]
-    assert end["event"] == "failed" and end["message"].endswith(f"failed: {_file_name(88)} (run again to retry them)")
+    assert end["event"] == "failed" and end["message"].endswith(
+        f"failed: {_file_name(88)} (HTTP 404); run again to retry them"
+    )
 
     url = _dead_url()
     assert main(["download", "--dest", str(tmp_path / "new"), "--progress-jsonl", str(path), "--base-url", url]) == 2

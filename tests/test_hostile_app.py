@@ -11,8 +11,17 @@ import subprocess
 import time
 
 import pytest
-from adversarial import BAD_IDS, BAD_METRICS_LINES, IMAGES, QUERY_STRINGS, SEED_LOGS, good_metrics_lines
-from app_fixtures import chart_specs, image_bytes, open_page, point_app, text
+from adversarial import (
+    BAD_IDS,
+    BAD_METRICS_LINES,
+    IMAGES,
+    MARKUP_TEXTS,
+    QUERY_STRINGS,
+    SEED_LOGS,
+    good_metrics_lines,
+    live_markup,
+)
+from app_fixtures import chart_specs, image_bytes, nodes, of_type, open_page, point_app, text
 
 from app import procs
 from app.jobs import JobManager
@@ -69,7 +78,7 @@ def test_browse_survives_any_image_link(raw, tiny_checkpoint, tiny_coco, monkeyp
     at.run()
     _clean(at)
     for warning in at.warning:
-        assert "](http" not in warning.value and "<script>" not in warning.value  # shown as text, not markup
+        assert not live_markup(warning.value) and "<script>" not in warning.value  # shown as text, not markup
 
 
 def test_browse_reads_a_dataset_with_malformed_records(tiny_checkpoint, tiny_coco, monkeypatch, tmp_path):
@@ -175,3 +184,139 @@ def test_a_stale_job_file_naming_a_stranger_offers_a_new_run_and_cancel_spares_i
     finally:
         stranger.send_signal(signal.SIGKILL)
         stranger.wait()
+
+
+# sessions, split images and text from files (#22) ------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    """This process's resident memory, once freed memory is handed back (the C heap keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_home_captions_the_first_files_of_a_large_upload_and_keeps_small_copies(tiny_checkpoint, monkeypatch,
+                                                                                tmp_path):  # fmt: skip
+    from io import BytesIO
+
+    from PIL import Image
+
+    from app.uploads import MAX_FILES
+
+    point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint)
+    at = open_page("home")
+    files = []
+    for k in range(30):  # 2 Mpixels each, in small files: a 1024-px copy of each was kept
+        buf = BytesIO()
+        Image.merge("RGB", [Image.linear_gradient("L").resize((1600, 1200))] * 2 + [Image.new("L", (1600, 1200), 8 * k)]
+                    ).save(buf, "PNG")  # fmt: skip
+        files.append((f"photo-{k}.png", buf.getvalue(), "image/png"))
+    at.file_uploader[0].set_value(files[:1]).run()  # the model's first caption allocates what every later one reuses
+    before = _rss_mb()
+    at.file_uploader[0].set_value(files).run()
+    shown = _clean(at)
+    kept = _rss_mb() - before  # before #22: 81 MB here (2-Mpixel photos); 9 MB after
+    assert f"Only the first {MAX_FILES} of 30 images are captioned" in shown
+    headings = [m.value for m in at.markdown if m.value.startswith("### ")]
+    assert len(headings) == MAX_FILES and not at.error  # the first 20 caption; the rest are named, not lost
+    memo = at.session_state["caption_memo"]
+    assert len(memo) == MAX_FILES and sum(len(r.thumbnail) for r in memo.values()) < MAX_FILES * 150_000
+    assert not [k for k in at.session_state if isinstance(at.session_state[k], Image.Image)]
+    assert kept < 40, f"the session kept {kept:.0f} MB"
+
+
+def _broken_split(tiny_coco, tmp_path):
+    """A copy of tiny_coco whose first val image is text and second a costly JPEG; (root, bad ids, good id)."""
+    from adversarial import rescanned_jpeg
+
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    split = CocoSplit.load(root, "val")
+    (text_id, costly_id), good = split.ids[:2], split.ids[2]
+    split.files[text_id].write_bytes(b"<html>not an image</html>" * 20)
+    split.files[costly_id].write_bytes(rescanned_jpeg(1000, 500))
+    return root, {text_id: "not an image", costly_id: "JPEG scans"}, good
+
+
+def test_browse_shows_split_files_it_cannot_read_as_placeholders(tiny_checkpoint, tiny_coco, monkeypatch, tmp_path):
+    root, bad, good = _broken_split(tiny_coco, tmp_path)
+    point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint, coco=root)
+    at = open_page("browse")
+    _clean(at)  # before #22: the first tile raised and the grid was gone
+    captions = [img.caption for node in of_type(at, "image") for img in node.proto.imgs]
+    assert len(captions) == 8 and all(any(words in c for c in captions) for words in bad.values()), captions
+    next(b for b in at.button if b.label == "Score this page").click().run()
+    assert "6 scored" in _clean(at)  # the others of the split still caption
+    for image_id, words in {**bad, good: None}.items():
+        at.query_params["image"] = str(image_id)
+        at.run()
+        shown = _clean(at) + "\n".join(_markdown_shown(at))  # with the image's caption
+        if words:
+            assert words in shown and "could not be read" in shown, shown
+        else:
+            assert "Model caption" in shown and len(of_type(at, "image")) == 1
+
+
+def _markdown_shown(at) -> list[str]:
+    """Every string the page renders as markdown: text, alerts, captions, labels and image captions (not st.html)."""
+    out = []
+    for node in nodes(at):
+        if node.type == "image":
+            out += [img.caption for img in node.proto.imgs]
+        elif node.type != "html":
+            out += [v for v in (getattr(node, a, None) for a in ("value", "body", "label")) if isinstance(v, str)][:1]
+    return out
+
+
+def test_browse_shows_captions_from_the_file_as_text(tiny_checkpoint, tiny_coco, monkeypatch, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    ann = root / "annotations" / "captions_val.json"
+    data = json.loads(ann.read_text())
+    first = min(im["id"] for im in data["images"])
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != first] + [
+        {"id": 90_000 + k, "image_id": first, "caption": c} for k, c in enumerate(MARKUP_TEXTS.values())
+    ]
+    ann.write_text(json.dumps(data))
+    point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint, coco=root)
+    at = open_page("browse")
+    shown = _markdown_shown(at)
+    assert any("Sign in" in s for s in shown)  # the tile shows the first reference...
+    assert [(s, live_markup(s)) for s in shown if live_markup(s)] == []  # ...as text: before #22, a live link
+    at.query_params["image"] = str(first)
+    at.run()
+    shown = _markdown_shown(at)
+    assert "\n".join(shown).count("evil") >= 6 and [(s, live_markup(s)) for s in shown if live_markup(s)] == []
+
+
+def test_home_shows_a_vocabulary_file_names_and_references_with_markup_as_text(tiny_checkpoint, tiny_coco,
+                                                                               monkeypatch, tmp_path):  # fmt: skip
+    from adversarial import checkpoint_with_words
+
+    words = dict(zip(["red", "blue", "circle", "square", "white", "on", "background", "a"], MARKUP_TEXTS.values()))
+    checkpoint_with_words(tiny_checkpoint, tmp_path / "words.pt", words)
+    sample = tmp_path / "sample"
+    shutil.copytree(tiny_coco, sample)
+    ann = sample / "annotations" / "captions_val.json"
+    data = json.loads(ann.read_text())
+    data["annotations"] += [{"id": 90_000 + k, "image_id": a["image_id"], "caption": c}
+                            for k, (a, c) in enumerate(zip(data["annotations"], MARKUP_TEXTS.values()))]  # fmt: skip
+    ann.write_text(json.dumps(data))
+    point_app(monkeypatch, tmp_path, checkpoint=tmp_path / "words.pt")
+    monkeypatch.setenv("CAPTIONING_SAMPLE_DIR", str(sample))
+    at = open_page("home")
+    uploads = [(MARKUP_TEXTS["link"] + ".png", image_bytes(), "image/png"),
+               ("www.evil.example.png", image_bytes("blue", "square"), "image/png"),
+               (MARKUP_TEXTS["emphasis"] + ".jpg", b"not an image", "image/jpeg")]  # fmt: skip
+    at.file_uploader[0].set_value(uploads).run()
+    at.button[0].click().run()  # the first example, with its references
+    _clean(at)
+    shown = _markdown_shown(at)
+    assert sum(s.startswith("### ") for s in shown) == 3 and len(at.error) == 1  # two uploads and the example
+    assert "\n".join(shown).count("evil") >= 6 and [(s, live_markup(s)) for s in shown if live_markup(s)] == []
+    chips = [n.proto.body for n in of_type(at, "html")]
+    assert chips and not [c for c in chips if "<img" in c or "<a " in c]  # words escaped in the chips' HTML

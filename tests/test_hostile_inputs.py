@@ -206,3 +206,224 @@ def test_warnings_of_skipped_records_do_not_show_file_contents(tmp_path):
         warnings.simplefilter("always")
         CocoSplit.load(root, "val")
     assert caught and all(PASSWD not in str(w.message) for w in caught)
+
+
+# crafted checkpoints (#22) ------------------------------------------------------------------------------------------
+
+PEAK_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))  # a regression fails here, not the machine
+from pathlib import Path
+from app import catalog
+from captioning.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+def kb(field):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(field)).split()[1])
+for mode, path in json.loads(sys.argv[1]):
+    open("/proc/self/clear_refs", "w").write("5")  # the high-water mark restarts from the current size
+    before = kb("VmRSS")
+    try:
+        if mode == "catalog":
+            catalog.list_checkpoints(Path(path))
+        else:
+            model_from_checkpoint(load_checkpoint(path), source=path)  # as Captioner.from_checkpoint calls it
+        message = "ok"
+    except CheckpointError as exc:
+        message = str(exc)
+    print(json.dumps([path, message, (kb("VmHWM") - before) // 1024]), flush=True)
+"""
+
+
+def _peaks(loads: list[tuple[str, object]]) -> dict[str, tuple[str, int]]:
+    """Each load in one fresh process, in order: {path: (message or "ok", MB its peak RSS grew by)}."""
+    env = {**os.environ, "CAPTIONING_CHECKPOINT": "/nonexistent.pt"}  # the catalog lists the given runs only
+    args = [sys.executable, "-c", PEAK_CHILD, json.dumps([[mode, str(path)] for mode, path in loads])]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {path: (message, mb) for path, message, mb in map(json.loads, done.stdout.splitlines())}
+
+
+def test_crafted_checkpoints_are_refused_in_one_line_before_they_cost_memory(
+    tiny_checkpoint, tiny_attention_checkpoint, tmp_path
+):
+    from adversarial import crafted_checkpoints
+
+    cases = crafted_checkpoints(tiny_checkpoint, tiny_attention_checkpoint, tmp_path)
+    peaks = _peaks([("model", path) for path, _ in cases.values()] + [("model", tiny_checkpoint)])
+    assert peaks[str(tiny_checkpoint)][0] == "ok"  # a real model passes the same checks
+    for name, (path, words) in cases.items():
+        message, grew = peaks[str(path)]
+        assert str(path) in message and words in message and "\n" not in message, (name, message)
+        assert grew < 64, f"{name}: its refusal cost {grew} MB"  # before #22: 95 MB to 1.1 GB, two were loaded
+
+
+def test_a_page_load_reads_no_checkpoint_weights(tiny_checkpoint, tmp_path):
+    heavy = tmp_path / "heavy.pt"  # a 70 MB best.pt, in 3 runs
+    torch.save({**torch.load(tiny_checkpoint, weights_only=True), "extra": torch.zeros(16 << 20)}, heavy)
+    for i in range(3):
+        (tmp_path / "runs" / f"run{i}").mkdir(parents=True)
+        os.link(heavy, tmp_path / "runs" / f"run{i}" / "best.pt")
+    [(message, grew)] = _peaks([("catalog", tmp_path / "runs")]).values()
+    assert message == "ok" and grew < 32, grew  # before #22: each best.pt was loaded whole, 70+ MB
+
+
+# images that cost far more than their size, and decodes across visitors (#22) -------------------------------------
+
+
+def test_images_that_cost_far_more_than_their_size_are_refused_before_decoding(captioner, monkeypatch):
+    from adversarial import COSTLY_IMAGES, rescanned_jpeg
+    from PIL import Image
+
+    from captioning import imagefile
+
+    opened, steps = [], []  # a step: one pass of a walk's Python loop (a gap of stray bytes is one regex search)
+    real_open, real_count = Image.open, imagefile._too_many
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    monkeypatch.setattr(imagefile, "_too_many", lambda n, what: steps.append(n) or real_count(n, what))
+    progressive = rescanned_jpeg(1000, repeats=0)  # a progressive photo's 10 scans
+    files = [(n, data) for n, (data, _) in COSTLY_IMAGES.items()] + [("good.png", image_bytes()),
+                                                                      ("progressive.jpg", progressive)]  # fmt: skip
+    results = caption_files(captioner, files, DecodeConfig(method="greedy"))
+    for r in results[: len(COSTLY_IMAGES)]:
+        assert r.caption is None and r.error.startswith(r.name) and COSTLY_IMAGES[r.name][1] in r.error, r.error
+        assert "to decode safely" in r.error
+    assert [r.error for r in results[len(COSTLY_IMAGES) :]] == [None, None]  # the others of the upload caption
+    assert len(opened) == 2  # PIL never saw the costly ones: before, it decoded each for 0.1-5 s (hours at 25 MB)
+    assert len(steps) <= len(files) * (imagefile.MAX_SEGMENTS + 1)  # each walk stopped at its bound
+
+
+def test_only_the_first_frame_of_an_animation_or_page_is_read(monkeypatch):
+    from adversarial import many_frames
+    from PIL import GifImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
+
+    later, decoded = [], []
+    for plugin in (GifImagePlugin.GifImageFile, PngImagePlugin.PngImageFile, TiffImagePlugin.TiffImageFile):
+        real = plugin._seek
+        monkeypatch.setattr(plugin, "_seek", lambda self, frame, *a, real=real, **k: (frame and later.append(frame))
+                            or real(self, frame, *a, **k))  # fmt: skip
+    real_next = WebPImagePlugin.WebPImageFile._get_next
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_get_next", lambda self: decoded.append(1) or real_next(self))
+    for fmt, data in many_frames(20_000).items():
+        assert load_image(data, name=fmt).size == (8, 8), fmt
+    assert later == [] and decoded == [1]  # no frame past the first was sought (counting TIFF pages took 3.3 s)
+
+
+def _threads(target, args: list) -> list:
+    results = [None] * len(args)
+
+    def run(k: int) -> None:
+        try:
+            results[k] = target(*args[k])
+        except Exception as exc:  # kept, to be asserted on
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(args))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_decodes_from_many_threads_stay_within_the_process_budget(monkeypatch):
+    import time
+
+    from adversarial import png_40mp
+
+    from captioning import data
+    from captioning.decodebudget import DECODE_PIXELS, DECODE_SLOTS, DECODES
+
+    now, most = [0], [0]
+    lock, real = threading.Lock(), data.to_rgb
+
+    def counted(image):  # runs inside the decode, with the image in memory
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.2)  # long enough for every thread that may decode now to be decoding
+        with lock:
+            now[0] -= 1
+        return real(image)
+
+    monkeypatch.setattr(data, "to_rgb", counted)
+    for size, files in (((4000, 4000), 6), ((1000, 1000), 8)):  # 16 Mpixels: 3 fit in 48; 1 Mpixel: 4 slots
+        DECODES.reset_peaks()
+        most[0] = 0
+        image = png_40mp("L", *size)
+        results = _threads(load_image, [(image, f"{k}.png") for k in range(files)])
+        assert all(getattr(r, "size", None) == size for r in results), results  # every one decoded, in turn
+        assert most[0] <= min(DECODE_SLOTS, DECODE_PIXELS // (size[0] * size[1])), most[0]  # before: all at once
+        assert DECODES.peak_pixels <= DECODE_PIXELS and DECODES.peak_running == most[0]
+
+
+def test_a_decode_with_no_room_says_the_server_is_busy_and_the_next_try_captions(captioner, monkeypatch):
+    from captioning.decodebudget import DECODES
+
+    monkeypatch.setattr(DECODES, "wait_s", 0.05)
+    taken, release = threading.Event(), threading.Event()
+
+    def occupy():
+        with DECODES.hold(DECODES.pixels):  # someone else's 48 Mpixels
+            taken.set()
+            release.wait(60)
+
+    other = threading.Thread(target=occupy)
+    other.start()
+    taken.wait(60)
+    files = [("red.png", image_bytes()), ("blue.png", image_bytes("blue", "square"))]
+    try:
+        busy = caption_files(captioner, files, DecodeConfig(method="greedy"))
+    finally:
+        release.set()
+        other.join()
+    for r in busy:
+        assert r.caption is None and r.error == (
+            f"{r.name} was not decoded: the server is busy decoding other images; try again in a moment"
+        )
+    assert all(r.caption is not None for r in caption_files(captioner, files, DecodeConfig(method="greedy")))
+
+
+DECODE_PEAKS = """
+import json, sys, threading
+sys.path.insert(0, "tests")
+from adversarial import png_40mp
+from captioning.data import load_image
+def kb(field):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(field)).split()[1])
+images = [png_40mp(mode) for mode in ("RGBA", "I;16", "RGBA", "I;16")]
+grew = []
+for batch in ([images[0]], [images[1]], images):  # each kind alone, then four visitors at once
+    open("/proc/self/clear_refs", "w").write("5")  # the high-water mark restarts from the current size
+    before, done = kb("VmRSS"), []
+    threads = [threading.Thread(target=lambda d=d: done.append(load_image(d).size)) for d in batch]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grew.append([len(done), (kb("VmHWM") - before) // 1024])
+print(json.dumps(grew))
+"""
+
+
+@pytest.mark.slow
+def test_four_visitors_decoding_40_megapixels_cost_the_memory_of_one():
+    done = subprocess.run([sys.executable, "-c", DECODE_PEAKS], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (_, rgba), (_, grey16), (four, four_mb) = json.loads(done.stdout)
+    one_mb = max(rgba, grey16)  # the costlier kind, alone
+    assert four == 4  # all decoded: they waited their turn
+    assert one_mb > 300 and four_mb < one_mb * 1.25 + 50, (rgba, grey16, four_mb)  # before #22: +3 GB for four
+
+
+def test_text_from_files_reaches_markdown_and_html_as_text():
+    from adversarial import MARKUP_TEXTS, live_markup
+
+    from app.render import plain, tile_text, word_confidence_html
+
+    for name, text in MARKUP_TEXTS.items():
+        for shown in (plain(text, 200), tile_text(7, [text], None), tile_text(7, [], {"caption": text, "CIDEr": 1.0,
+                                                                                    "BLEU-4": 0.5})):  # fmt: skip
+            assert live_markup(shown) == [], (name, shown, live_markup(shown))
+        chips = word_confidence_html(text.split(), [0.5] * len(text.split()))
+        assert "<img" not in chips and "<a " not in chips and "\n#" not in chips, chips
+    assert plain("a red circle on a white background.", 200) == "a red circle on a white background."

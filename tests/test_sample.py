@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -15,12 +16,12 @@ from app_fixtures import of_type, open_page, point_app, text
 from conftest import REPO, SHARED_COCO, needs_shared_coco
 from fixtures import make_coco
 from PIL import Image
-from test_download import mirror  # noqa: F401  (the fake COCO mirror fixture)
 
 from app import catalog
 from app.downloads import DownloadManager
 from app.jobs import JobManager
 from captioning.data import SAMPLE_ROOT, CocoSplit
+from captioning.download import download_coco
 from captioning.inference import Captioner
 
 FREE = {4, 5, 7, 8}
@@ -146,7 +147,7 @@ def test_browse_downloads_a_coco_sample_in_the_background_with_progress(mirror, 
     monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
     monkeypatch.setenv("CAPTIONING_COCO_URL", mirror.url)
     at = open_page("browse")
-    next(n for n in at.number_input if n.label == "Images").set_value(3)  # of the mirror's 5
+    next(n for n in at.number_input if n.label == "Images to add").set_value(3)  # of the mirror's 5
     next(b for b in at.button if b.label == "Download").click()
     at.run()
     assert not at.exception and not at.warning
@@ -158,6 +159,64 @@ def test_browse_downloads_a_coco_sample_in_the_background_with_progress(mirror, 
     assert len(CocoSplit.load(data / "coco", "val2017")) == 3
     at = open_page("browse")  # the new root is offered, before the sample
     assert next(s for s in at.selectbox if s.label == "Dataset").options[0] == str(data / "coco")
+
+
+def _wait_for(manager: DownloadManager):
+    deadline = time.monotonic() + 120
+    while (status := manager.status()) is not None and status.running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return status
+
+
+def test_browse_says_what_data_coco_holds_and_a_download_only_adds(mirror, monkeypatch, tmp_path):  # noqa: F811
+    point_app(monkeypatch, tmp_path, sample=True)
+    data = tmp_path / "data"
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
+    monkeypatch.setenv("CAPTIONING_COCO_URL", mirror.url)
+    download_coco(data / "coco", limit=3, base_url=mirror.url, progress=False)
+    before = json.loads((data / "coco" / "annotations" / "captions_val2017.json").read_text())
+    at = open_page("browse")  # data/coco itself: the panel offers more
+    assert not at.exception and "data/coco holds 3 of 5,000 val2017 images" in text(at)
+    assert "3 of 3 images in val2017 match" in text(at)
+    more = next(n for n in at.number_input if n.label == "Images to add")
+    assert (more.proto.min, more.proto.max) == (1, 4997)  # never fewer than it holds
+    more.set_value(2)
+    next(b for b in at.button if b.label == "Download").click()
+    at.run()
+    assert "val2017 images: 2 downloaded, 3 already there" in _wait_for(DownloadManager(data, data / "coco")).message
+    at.run()  # what the page does once the download ends: the new images are there
+    assert not at.exception and "5 of 5 images in val2017 match" in text(at)
+    after = json.loads((data / "coco" / "annotations" / "captions_val2017.json").read_text())
+    assert all(r in after["images"] for r in before["images"]) and all(
+        r in after["annotations"] for r in before["annotations"]
+    )
+    monkeypatch.setattr("app.downloads.MAX_IMAGES", 5)  # now it holds all of them: nothing left to offer
+    at = open_page("browse")
+    assert not at.exception and not [n for n in at.number_input if n.label == "Images to add"]
+
+
+def test_browse_shows_images_that_arrive_after_it_read_the_split(mirror, monkeypatch, tmp_path):  # noqa: F811
+    point_app(monkeypatch, tmp_path, sample=True)
+    data = tmp_path / "data"
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
+    download_coco(data / "coco", base_url=mirror.url, progress=False)
+    folder, away = data / "coco" / "val2017", tmp_path / "away"
+    away.mkdir()
+    late = sorted(folder.iterdir())[:2]
+    for path in late:  # still on their way, while the captions file already lists them
+        path.rename(away / path.name)
+    loads, real = [], CocoSplit.load.__func__
+    monkeypatch.setattr(CocoSplit, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k)))
+    at = open_page("browse")
+    assert "3 of 3 images in val2017 match" in text(at) and len(loads) == 1
+    at.run()
+    assert len(loads) == 1  # nothing changed: the cached split is used
+    seen = folder.stat()
+    for path in late:
+        (away / path.name).rename(path)
+    os.utime(folder, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # they arrived within the same clock tick
+    at.run()
+    assert not at.exception and "5 of 5 images in val2017 match" in text(at) and len(loads) == 2
 
 
 def test_browse_download_says_so_at_once_when_offline(monkeypatch, tmp_path):
