@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 from fixtures import draw
@@ -91,3 +92,23 @@ def image_bytes(colour: str = "red", shape: str = "circle", fmt: str = "PNG") ->
     buf = io.BytesIO()
     draw(colour, shape).save(buf, fmt)
     return buf.getvalue()
+
+
+def fake_python(folder: Path, script: str) -> str:
+    """An executable stand-in for `python` that runs `script` (a fake trainer) whatever it is asked to run."""
+    path = folder / "fake-python"
+    path.write_text(script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def wait_for(manager, done, timeout: float = 20.0):
+    """The manager's status once `done(status)` holds; AssertionError after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = manager.status()
+        if done(status):
+            return status
+        time.sleep(0.05)
+    status = manager.status()
+    raise AssertionError(f"not there after {timeout} s: {status}; log:\n{getattr(status, 'log_tail', '')}")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from app_fixtures import chart_data, chart_specs, image_bytes, of_type, open_page, point_app, text
+from app_fixtures import chart_data, chart_specs, image_bytes, of_type, open_page, point_app, text, wait_for
 from conftest import SHARED_COCO, needs_shared_coco
 from PIL import Image
 
@@ -380,14 +380,8 @@ def _rerun_until(at, wanted: str, timeout: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-def _wait(manager: JobManager, done, timeout: float = 240.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = manager.status()
-        if done(status):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"job did not get there in {timeout} s; log:\n{manager.status().log_tail}")
+def _wait(manager: JobManager, done):
+    return wait_for(manager, done, timeout=240.0)  # real training subprocesses: minutes on a loaded machine
 
 
 def _png(image: Image.Image) -> bytes:

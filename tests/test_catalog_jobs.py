@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_fixtures import fake_python as make_fake_python
+from app_fixtures import wait_for
 
 from app import catalog
 from app.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
@@ -47,20 +49,7 @@ time.sleep(60)
 
 @pytest.fixture
 def fake_python(tmp_path) -> str:
-    path = tmp_path / "fake-python"
-    path.write_text(FAKE_TRAINER)
-    path.chmod(0o755)
-    return str(path)
-
-
-def wait_for(manager: JobManager, done, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = manager.status()
-        if done(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"not there after {timeout} s: {manager.status()}")
+    return make_fake_python(tmp_path, FAKE_TRAINER)
 
 
 # catalog ------------------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ view of each stage of a run (extraction, training, validation)."""
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
+from app_fixtures import fake_python, wait_for
 
 from app import jobs
 from app.jobs import JobError, JobManager
@@ -26,20 +26,7 @@ time.sleep(60)
 
 @pytest.fixture
 def manager(tmp_path) -> JobManager:
-    fake = tmp_path / "fake-python"
-    fake.write_text(FAKE_TRAINER)
-    fake.chmod(0o755)
-    return JobManager(tmp_path / "runs", python=str(fake))
-
-
-def _status(manager: JobManager, done, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = manager.status()
-        if done(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"not there after {timeout} s: {manager.status()}")
+    return JobManager(tmp_path / "runs", python=fake_python(tmp_path, FAKE_TRAINER))
 
 
 def test_a_run_from_the_app_extracts_a_bounded_sample_validates_a_bounded_number_of_times_and_has_a_deadline(
@@ -54,11 +41,11 @@ def test_a_run_from_the_app_extracts_a_bounded_sample_validates_a_bounded_number
     command = " ".join(job.command)
     assert "--max-validations 10" in command and "--max-minutes 3.0" in command
     assert f"--train-ids {job.out_dir / 'train_ids.txt'}" in command
-    status = _status(manager, lambda s: s.stage is not None)
+    status = wait_for(manager, lambda s: s.stage is not None)
     assert status.progress_text() == "Extracting image features (train): 20 of 100 images"
     assert status.fraction == pytest.approx(0.2)
     manager.cancel()
-    _status(manager, lambda s: not s.running)
+    wait_for(manager, lambda s: not s.running)
 
 
 def test_a_budget_beyond_the_apps_limits_is_refused(manager, tiny_checkpoint, tiny_coco, monkeypatch):
