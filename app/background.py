@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app import procs
-from captioning.io import atomic_write_text, file_lock, read_json
+from captioning.io import atomic_write_text, file_lock, read_json, read_json_line
 
 REPO = Path(__file__).resolve().parent.parent  # the jobs run here: `-m captioning` and `-m app.procs` import from it
 RUNNING, STOPPING = "running", "stopping"
@@ -122,10 +122,9 @@ def read_jsonl(path: Path, max_bytes: int = 1 << 20) -> list[dict]:
         return []
     records = []
     for line in lines:
-        with contextlib.suppress(ValueError):
-            record = read_json(line)
-            if isinstance(record, dict):
-                records.append(record)
+        record = read_json_line(line)
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

@@ -56,6 +56,14 @@ def read_json(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def read_json_line(line: str | bytes) -> Any:
+    """One line of a JSON-lines file, or None where it is not JSON (a half-written or hand-edited line)."""
+    try:
+        return read_json(line)
+    except ValueError:
+        return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

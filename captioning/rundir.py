@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning import distributed as dist
-from captioning.io import atomic_write_text, read_json
+from captioning.io import atomic_write_text, read_json_line
 
 CONFIG, VOCAB, METRICS, LAST, BEST = "config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"
 TRAIN_LOG, LOCK = "train.log", ".lock"  # the app's copy of the trainer's output; held while a trainer runs
@@ -205,10 +205,7 @@ def read_log(path: Path) -> LogRead:
             for line in f:
                 if not line.strip():
                     continue
-                try:
-                    record = read_json(line)
-                except ValueError:
-                    record = None
+                record = read_json_line(line)
                 if valid_record(record):
                     out.records.append(record)
                 else:
@@ -259,10 +256,7 @@ def _events(path: str, offset: int, skip_partial: bool = False) -> list[str]:
     for line in lines[1:] if skip_partial else lines:
         if b'"event"' not in line:
             continue
-        try:
-            record = read_json(line)
-        except ValueError:
-            continue
+        record = read_json_line(line)
         if valid_record(record) and record["kind"] == EVENT:
             names.append(record["event"])
     return names

@@ -186,7 +186,8 @@ def build_run(
     source, fmt, options = Path(cfg.coco_root), cfg.format, cfg.read_options()
     train_split = open_split(source, cfg.train_split, fmt, options, _path(cfg.train_ids))
     val = open_split(source, cfg.val_split, fmt, options, _path(cfg.val_ids)) if cfg.val_split else None
-    model, vocab = _model_and_vocab(cfg, train_split, resume_ckpt, _init_checkpoint(cfg))
+    init = None if resume_ckpt is not None else _init_checkpoint(cfg)  # a resume needs (and reads) no base
+    model, vocab = _model_and_vocab(cfg, train_split, resume_ckpt, init)
     model.to(device)
     folder = rundir.RunDir(cfg.out)
     if ctx.rank == 0:

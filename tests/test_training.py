@@ -275,3 +275,16 @@ def test_a_budget_bounds_validations_saves_and_time_and_the_log_says_each_stage(
     records = read_metrics(tmp_path / "timed" / "metrics.jsonl")
     assert result.status == "finished" and result.step < 20
     assert len([r for r in records if r["kind"] == "epoch"]) == 1 and (tmp_path / "timed" / "best.pt").is_file()
+
+
+def test_a_resumed_fine_tune_needs_its_last_pt_not_its_base(tiny_checkpoint, tiny_coco, tmp_path):
+    """A resume continues from last.pt alone: the base checkpoint it was started from may be gone by then."""
+    base = tmp_path / "base.pt"
+    shutil.copy(tiny_checkpoint, base)
+    cfg = _cfg(tiny_coco, tmp_path, init_from=str(base), epochs=2)
+    steps: list[dict] = []
+    stopped = fit(cfg, Callbacks(on_step=steps.append, should_stop=lambda: bool(steps)))  # after its first step
+    assert stopped.status == "stopped" and (tmp_path / "run" / "last.pt").is_file()
+    base.unlink()
+    result = fit(cfg, resume=True)
+    assert result.status == "finished" and result.step > stopped.step

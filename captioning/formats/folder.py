@@ -7,7 +7,7 @@ from pathlib import Path
 
 from captioning.formats.common import ReadOptions, Rows, image_files, read_text, split_rows
 from captioning.formats.table import CAPTION_NAMES, SPLIT_NAMES, column, read_table
-from captioning.io import read_json
+from captioning.io import read_json_line
 
 METADATA = ("metadata.jsonl", "metadata.csv")
 
@@ -71,10 +71,7 @@ def _metadata_rows(file: Path, options: ReadOptions) -> Rows:
     for line in read_text(file).splitlines():
         if not line.strip():
             continue
-        try:
-            record = read_json(line)
-        except ValueError:
-            record = None
+        record = read_json_line(line)
         if not isinstance(record, dict):
             rows.add("", None)
             continue
