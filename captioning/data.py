@@ -57,6 +57,12 @@ def load_image(source: Path | str | bytes | io.BytesIO, name: str | None = None)
     8-bit RGB (transparent areas on white). Raises ImageLoadError with a clear reason, which calls the image `name`
     (default: its path, else "the uploaded file").
     """
+    if not isinstance(source, (str, Path, bytes, io.BytesIO)):  # an image inside a shard (formats.shards)
+        name = name or source.name
+        try:
+            source = source.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(f"{name} cannot be read ({exc})") from None
     name = name or (str(source) if isinstance(source, (str, Path)) else "the uploaded file")
     with open_checked(source, name) as fp:
         return _decode(fp, name)

@@ -123,8 +123,7 @@ def build_cache(
         index = _read_index(folder, meta)
         have = {i for s in index["shards"] for i in s["ids"]}
         todo = [i for i in split.ids if i not in have and str(i) not in index["skipped"]]
-        size = opt.shard_images
-        mine = [todo[k : k + size] for k in range(0, len(todo), size)][ctx.rank :: ctx.world]
+        mine = _share(todo, split, opt.shard_images, ctx)
         job = _Extraction(folder, meta, f"{len(index['shards']):04d}-r{ctx.rank}", split, backbone, views)
         stopped = bool(mine) and job.run(mine, opt)
         stopped = dist.any_true(stopped, ctx)
@@ -137,6 +136,17 @@ def build_cache(
     skipped = {i for i in split.ids if str(i) in index["skipped"]}
     warn_skipped(f"split {split.split}", [split.files[i].name for i in split.ids if i in skipped], "could not be read")
     return open_store(folder, index, [i for i in split.ids if i not in skipped])
+
+
+def _share(todo: list[int], split: CocoSplit, size: int, ctx: dist.DistContext) -> list[list[int]]:
+    """This rank's chunks of at most `size` ids: every rank's `size`-th, or, where the images are in tar shards,
+    the chunks of every world-th shard (each rank reads whole shards of its own, front to back)."""
+    groups: dict[object, list[int]] = {}
+    for i in todo:
+        groups.setdefault(getattr(split.files[i], "shard", None), []).append(i)
+    if None in groups:  # image files
+        return [todo[k : k + size] for k in range(0, len(todo), size)][ctx.rank :: ctx.world]
+    return [ids[k : k + size] for ids in list(groups.values())[ctx.rank :: ctx.world] for k in range(0, len(ids), size)]
 
 
 def _rank0_lock(folder: Path, ctx: dist.DistContext):

@@ -2,8 +2,8 @@
 
 `open_split(path, split, fmt="auto")` gives a `CocoSplit` (the one split type the rest of the package reads)
 from a COCO root, Flickr8k/30k token files, Karpathy's dataset JSON, a CSV/TSV, a folder of images with `.txt`
-sidecars or Hugging Face's imagefolder layout. A new format is one module with a `read(path, options)` that
-returns rows per split, and a line in READERS.
+sidecars, Hugging Face's imagefolder layout or webdataset tar shards. A new format is one module with a
+`read(path, options)` that returns rows per split, and a line in READERS.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from pathlib import Path
 
 from captioning.data import CocoSplit, DatasetError, read_ids_file
 from captioning.data import available_splits as coco_splits
-from captioning.formats import flickr, folder, karpathy, table
+from captioning.formats import flickr, folder, karpathy, shards, table
 from captioning.formats.common import ImageFinder, ReadOptions, Rows, to_split
 
 __all__ = ["FORMATS", "ReadOptions", "detect", "open_split", "split_names"]
 
 Reader = Callable[[Path, ReadOptions], tuple[Path, dict[str, Rows]]]
-# format -> (does `path` look like it, its reader); COCO is read by CocoSplit itself
+# format -> (does `path` look like it, its reader); COCO (CocoSplit) and shards (their images are no files) read
+# themselves
 READERS: dict[str, tuple[Callable[[Path], object], Reader | None]] = {
     "coco": (lambda p: p.is_dir() and bool(coco_splits(p)), None),
     "flickr": (flickr.token_file, flickr.read),
@@ -28,6 +29,7 @@ READERS: dict[str, tuple[Callable[[Path], object], Reader | None]] = {
     "csv": (table.table_file, table.read),
     "imagefolder": (folder.metadata_files, folder.read_imagefolder),
     "folder": (folder.has_sidecars, folder.read_sidecars),
+    "webdataset": (shards.looks_like, None),
 }
 FORMATS = ("auto", *READERS)
 GENERIC = ("csv", "folder")  # a named layout (a COCO root, a token file...) wins over a stray CSV or sidecars
@@ -62,6 +64,8 @@ def split_names(path: Path, fmt: str = "auto", options: ReadOptions = ReadOption
     fmt = detect(path) if fmt == "auto" else fmt
     if fmt == "coco":
         return coco_splits(Path(path))
+    if fmt == "webdataset":
+        return shards.split_names(Path(path), options)
     return sorted(_rows(str(Path(path).resolve()), fmt, options, _stamp(Path(path)))[1])
 
 
@@ -75,6 +79,8 @@ def open_split(
         raise DatasetError(f"format must be one of: {', '.join(FORMATS)} (got {fmt!r})")
     if fmt == "coco":
         return CocoSplit.load(path, split, ids_file)
+    if fmt == "webdataset":
+        return shards.open_split(path, split, options, ids_file)
     base, splits = _rows(str(path.resolve()), fmt, options, _stamp(path))
     if split not in splits:
         raise DatasetError(

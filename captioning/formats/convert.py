@@ -29,7 +29,7 @@ def convert(path: Path, fmt: str, options: ReadOptions, dest: Path) -> dict[str,
             source = split.files[image_id]
             file_name = source.name if source.name not in used else f"{image_id}{source.suffix.lower()}"
             used.add(file_name)
-            atomic_write(folder / file_name, lambda tmp, src=source: shutil.copyfile(src, tmp))
+            atomic_write(folder / file_name, lambda tmp, src=source: _copy(src, tmp))
             images.append({"id": image_id, "file_name": file_name})
             for caption in split.captions[image_id]:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
@@ -38,3 +38,11 @@ def convert(path: Path, fmt: str, options: ReadOptions, dest: Path) -> dict[str,
         atomic_write_text(ann_file, json.dumps(data))  # last: the split exists only once its images do
         counts[name] = (len(images), len(annotations))
     return counts
+
+
+def _copy(source, tmp: Path) -> None:
+    """A file, or an image inside a shard (`formats.shards.ShardMember`), to `tmp`."""
+    if isinstance(source, Path):
+        shutil.copyfile(source, tmp)
+    else:
+        tmp.write_bytes(source.read_bytes())
