@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from captioning.backbones import BackboneError
+from captioning.batch import ALT_MAX_CHARS
 from captioning.checkpoint import SHIPPED, CheckpointError, default_checkpoint
 from captioning.config import DEFAULT_CACHE_DIR
 from captioning.data import DatasetError, ImageLoadError, load_image
@@ -72,35 +73,48 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from captioning import batch
+
     decoding = decode_config(args)  # a bad setting is refused before anything is loaded
+    outputs = [batch.output_for(args.out)] if args.out else []
+    outputs += [batch.AltTextOutput(args.alt_text, args.alt_max)] if args.alt_text else []
+    outputs += [batch.SidecarOutput()] if args.sidecar else []
     captioner = _load_captioner(args.checkpoint, args.device, args.ensemble)
-    results, failed = [], 0
-    for path in args.images:
-        try:
-            image = load_image(path)
-        except ImageLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        cap = captioner.caption([image], decoding)[0]
-        if args.json:
-            results.append(
-                {
-                    "image": str(path),
-                    "caption": cap.text,
-                    "score": cap.score,
-                    "logprob": cap.logprob,
-                    "words": [{"word": w, "prob": p} for w, p in zip(cap.words, cap.word_probs)],
-                    "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
-                    "tags": [{"label": label, "prob": p} for label, p in cap.tags],  # the encoder's ImageNet top 5
-                    "named": {"label": cap.named[0], "prob": cap.named[1]} if cap.named else None,
-                }
-            )
-        else:
-            print(f"{path}: {cap.text}" if len(args.images) > 1 else cap.text)
+    images, other = batch.find_images(args.images, args.recursive)
+    for path in other:
+        print(f"error: {path} is not an image file or a folder", file=sys.stderr)
+    if not images:
+        raise DatasetError("no image files to caption")
+    records = []
+
+    def show(n: int, rows: list) -> None:
+        bar.update(n)
+        for name, cap in rows if not outputs else []:
+            if args.json:
+                records.append(batch.record(name, cap))
+            else:
+                print(f"{name}: {cap.text}" if len(images) > 1 else cap.text)
+
+    with tqdm(total=len(images), desc="captioning", unit="img", disable=not outputs or None) as bar:
+        summary = batch.caption_files(captioner, images, outputs, decoding, args.batch_size, args.num_workers, show)
     if args.json:
-        print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+        print(json.dumps(records, indent=2))
+    for name in summary.unreadable:
+        print(f"error: {_why_unreadable(name)}", file=sys.stderr)
+    if outputs:
+        done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
+        print(f"captioned {summary.captioned} image(s){done}, {len(summary.unreadable)} unreadable", file=sys.stderr)
+    return 1 if summary.unreadable or other else 0
+
+
+def _why_unreadable(name: str) -> str:
+    try:
+        load_image(name)
+    except ImageLoadError as exc:
+        return str(exc)
+    return f"{name} could not be read"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -132,9 +146,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_caption(sub) -> None:
-    p = sub.add_parser("caption", help="caption image files")
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser(
+        "caption",
+        help="caption image files and folders",
+        description="Caption images and folders of images in batches. Without an output the captions are printed; "
+        "with --out, --alt-text or --sidecar they are written a batch at a time, and a rerun skips what is done.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("--recursive", "-r", action="store_true", help="also the images in the folders' subfolders")
+    p.add_argument("--batch-size", type=positive, default=16, help="images encoded and decoded together")
+    p.add_argument("--num-workers", type=int, default=0, help="processes that read and preprocess the images")
     p.add_argument("--json", action="store_true", help="print JSON with scores and alternatives")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write a .csv (image,caption,confidence) or a .jsonl")
+    p.add_argument("--sidecar", action="store_true", help="write IMAGE.txt beside each image (never over one)")
+    p.add_argument("--alt-text", type=Path, metavar="FILE.csv", help="write file,alt,review for web pages")
+    p.add_argument("--alt-max", type=positive, default=ALT_MAX_CHARS, help="alt text's most characters")
     _add_decoding(p)
     p.set_defaults(func=cmd_caption)
 

@@ -60,16 +60,17 @@ def tiny_attention_checkpoint(tiny_coco, tiny_cache_dir, tmp_path_factory) -> Pa
 
 @pytest.fixture
 def caption_calls(monkeypatch) -> list:
-    """The DecodeConfig of every Captioner.caption call from here on (the captions are real)."""
+    """The DecodeConfig of every batch a Captioner decodes from here on (`caption_features`, which `caption` and the
+    folder path call; the captions are real)."""
     from captioning.config import DecodeConfig
     from captioning.inference import Captioner
 
     seen: list[DecodeConfig] = []
-    real = Captioner.caption
+    real = Captioner.caption_features
 
-    def spy(self, images, decoding=DecodeConfig(), *args, **kwargs):
+    def spy(self, feats, decoding, *args, **kwargs):
         seen.append(decoding)
-        return real(self, images, decoding, *args, **kwargs)
+        return real(self, feats, decoding, *args, **kwargs)
 
-    monkeypatch.setattr(Captioner, "caption", spy)
+    monkeypatch.setattr(Captioner, "caption_features", spy)
     return seen
