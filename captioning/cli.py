@@ -1,4 +1,4 @@
-"""Command line: `python -m captioning COMMAND`, COMMAND one of caption, evaluate, build-vocab, download,
+"""Command line: `python -m captioning COMMAND`, COMMAND one of caption, serve, evaluate, build-vocab, download,
 karpathy-split, convert, concept-words, train, extract-features.
 
 Every subcommand has --help. Bad arguments or inputs exit non-zero with one clear line.
@@ -228,8 +228,30 @@ def add_concept_words(sub) -> None:
     p.set_defaults(func=cmd_concept_words)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from captioning.serve import serve
+
+    captioner = _load_captioner(args.checkpoint, args.device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach it can caption with this model", file=sys.stderr)
+    info = {"id": Path(captioner.info.get("path", "model")).name, "backbone": captioner.model.cfg.backbone,
+            "vocabulary": len(captioner.vocab)}  # fmt: skip
+    serve(captioner, args.host, args.port, info)
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="an HTTP API: POST /caption, GET /health, /models, /docs")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--checkpoint", type=Path, help="the model (default: $CAPTIONING_CHECKPOINT, else the shipped one)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.set_defaults(func=cmd_serve)
+
+
 COMMANDS = (
     add_caption,
+    add_serve,
     add_evaluate,
     add_build_vocab,
     add_download,
