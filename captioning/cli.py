@@ -1,4 +1,4 @@
-"""Command line: `python -m captioning COMMAND`, COMMAND one of caption, serve, evaluate, build-vocab, download,
+"""Command line: `python -m captioning COMMAND`, COMMAND one of caption, serve, export, evaluate, build-vocab, download,
 karpathy-split, convert, concept-words, train, extract-features.
 
 Every subcommand has --help. Bad arguments or inputs exit non-zero with one clear line.
@@ -45,6 +45,12 @@ def _load_captioner(path: Path | None, device: str = "auto", ensemble: list[Path
     from captioning.inference import Captioner
 
     path = path or default_checkpoint()
+    if path.suffix == ".onnx":
+        from captioning.export import exported_captioner
+
+        if ensemble:
+            raise CheckpointError("--ensemble takes checkpoints, not an exported model")
+        return exported_captioner(path)
     if not path.is_file() and path == SHIPPED:
         raise CheckpointError(
             f"no default model at {path}; pass --checkpoint runs/NAME/best.pt, or train one with "
@@ -59,7 +65,8 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         type=Path,
-        help="the model (default: $CAPTIONING_CHECKPOINT, else the shipped one)",
+        help="the model: a checkpoint or an exported model.onnx (default: $CAPTIONING_CHECKPOINT, else the "
+        "shipped one)",
     )
     p.add_argument(
         "--ensemble",
@@ -240,11 +247,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from captioning.export import export
+
+    files = export(args.checkpoint or default_checkpoint(), args.out)
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX (for onnxruntime; caption and serve take it as --checkpoint)",
+        description="Writes OUT (the encoder), OUT's .init.onnx and .step.onnx (the decoder's first state and one "
+        "step) and its .json (config and vocabulary). Beam search stays in Python.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="the model (default: $CAPTIONING_CHECKPOINT, else the shipped one)")
+    p.add_argument("--out", type=Path, required=True, help="model.onnx")
+    p.set_defaults(func=cmd_export)
+
+
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API: POST /caption, GET /health, /models, /docs")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--checkpoint", type=Path, help="the model (default: $CAPTIONING_CHECKPOINT, else the shipped one)")
+    p.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint or an exported model.onnx (default: the shipped model)"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.set_defaults(func=cmd_serve)
 
@@ -252,6 +281,7 @@ def add_serve(sub) -> None:
 COMMANDS = (
     add_caption,
     add_serve,
+    add_export,
     add_evaluate,
     add_build_vocab,
     add_download,
