@@ -1,9 +1,9 @@
-"""What the app can offer: the shipped model, every run's best checkpoint, every run's log, the COCO roots.
+"""What the app can offer: the shipped model, every run's best checkpoint, every run's log, the datasets.
 
 Locations come from the environment so a test or a deployment can point elsewhere:
 CAPTIONING_CHECKPOINT (the default model), CAPTIONING_RUNS_DIR (run directories, default `runs/`),
-CAPTIONING_DATA_DIR (where COCO roots live, default `data/`), COCO_ROOT (one more root), and the embedded
-sample. The app reads data from these roots only: a browser can pick among them, never type a server path.
+CAPTIONING_DATA_DIR (where datasets of any format live, default `data/`), COCO_ROOT (one more dataset), and the
+embedded sample. The app reads data from these only: a browser can pick among them, never type a server path.
 A page load stats each run's files and reads only what changed (scores from checkpoints' plain data, never their
 weights); Fine-tune keeps its newest KEEP_APP_RUNS runs (`prune_app_runs`).
 """
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captioning import rundir
+from captioning import formats, rundir
 from captioning.checkpoint import CheckpointError, default_checkpoint, read_metrics
 from captioning.data import SAMPLE_ROOT
+from captioning.formats.common import IMAGE_SUFFIXES
 from captioning.io import read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the app runs from its checkout
@@ -33,6 +34,8 @@ GET_A_MODEL = (
 # Runs the Fine-tune page keeps: each holds best.pt and last.pt (~90 MB for the default model), so at most ~2 GB.
 # Older ones that ended are deleted when a new one starts; command-line runs are never touched.
 KEEP_APP_RUNS = 20
+SAMPLE_LABEL = "Embedded COCO sample (150 train, 60 val)"
+SCAN_LIMIT = 20_000  # directory entries a dataset listing looks at for sidecar captions under one folder
 
 
 @dataclass(frozen=True)
@@ -61,28 +64,109 @@ def default_log(checkpoint: Path | None = None) -> Path:
 
 
 def data_dir() -> Path:
-    """Where COCO roots live: $CAPTIONING_DATA_DIR or `data/` in the project."""
+    """Where datasets live: $CAPTIONING_DATA_DIR or `data/` in the project."""
     return Path(os.environ.get("CAPTIONING_DATA_DIR") or PROJECT_ROOT / "data")
 
 
-def _is_root(path: Path) -> bool:
-    return path.is_dir() and any((path / "annotations").glob("captions_*.json"))
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A caption dataset the app may read: a folder or a caption file, and its format (`captioning.formats`)."""
+
+    path: Path
+    format: str
+    label: str
 
 
-def coco_roots() -> list[Path]:
-    """The COCO roots the app may read: $COCO_ROOT, then every root in the data folder (itself or a
-    folder directly inside it, e.g. data/coco), then the embedded sample (the default when there is no other)."""
-    found = []
-    if os.environ.get("COCO_ROOT"):
-        found.append(Path(os.environ["COCO_ROOT"]))
+def datasets() -> list[DatasetEntry]:
+    """The datasets the app may read, whatever their format: $COCO_ROOT, the data folder itself and each entry
+    directly inside it (a folder or a caption file), then the embedded sample. What no format fits, or several
+    could, is left out quietly: a folder of other files is no dataset. A path's format is remembered while its
+    `listing_stamp` stays, so a rerun lists and stats, and reads nothing."""
     data = data_dir()
-    found += [data] + (sorted(p for p in data.iterdir() if not p.name.startswith(".")) if data.is_dir() else [])
-    found.append(sample_root())
-    roots: list[Path] = []
-    for path in found:
-        if _is_root(path) and path.resolve() not in {r.resolve() for r in roots}:
-            roots.append(path)
-    return roots
+    try:
+        inside = sorted(
+            p for p in data.iterdir() if not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES
+        )
+    except OSError:
+        inside = []
+    places = [*([Path(os.environ["COCO_ROOT"])] if os.environ.get("COCO_ROOT") else []), data, *inside, sample_root()]
+    found = [(path, fmt) for path in places if (fmt := _formats(path)) is not None]
+    _formats.sweep({str(path) for path in places})
+    inner = {fmt for path, fmt in found if path.parent == data and fmt != "coco"}
+    seen, out = set(), []
+    for path, fmt in found:  # the data folder read through an entry's caption file or sidecars is that entry
+        if path.resolve() not in seen and not (path == data and fmt in inner):
+            seen.add(path.resolve())
+            out.append((path, fmt))
+    names = [path.name for path, _ in out]
+    return [DatasetEntry(p, fmt, _label_of(p, fmt, names.count(p.name) > 1)) for p, fmt in out]
+
+
+def dataset_paths() -> list[Path]:
+    """Where `datasets()` are: all that a fine-tune may read."""
+    return [entry.path for entry in datasets()]
+
+
+def _label_of(path: Path, fmt: str, clash: bool) -> str:
+    """ "flickr8k (flickr)"; the whole path where two datasets share a name; the sample by its name."""
+    return SAMPLE_LABEL if is_sample(path) else f"{path if clash else path.name} ({fmt})"
+
+
+def listing_stamp(path: Path) -> tuple:
+    """What a dataset's detection depends on: a file's (mtime, size); a folder's mtime and those of the folders
+    directly inside it (a metadata file arriving in `train/`). OSError where there is nothing."""
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_mtime_ns, info.st_size
+    inner = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    inner.append((entry.name, entry.stat().st_mtime_ns))
+            except OSError:  # gone since it was listed
+                continue
+    return info.st_mtime_ns, tuple(sorted(inner))
+
+
+def _detect(path: Path) -> str | None:
+    """`formats.detect`'s answer (None where it raises: no format fits, or several could), but a folder with
+    `annotations/captions_*.json` is COCO whatever else lies beside it (a `.tar`, a CSV), and the one recursive
+    check, sidecar captions anywhere under a folder, is bounded by `_has_sidecars`: a listing must not walk COCO."""
+    if path.is_dir() and any((path / "annotations").glob("captions_*.json")):
+        return "coco"  # without its image folder yet too: the split picker says what is missing
+    fits = []
+    for name in sorted(formats.READERS, key=lambda n: n in formats.GENERIC):  # named layouts first: they win
+        if name in formats.GENERIC and any(f not in formats.GENERIC for f in fits):
+            break
+        try:
+            if _has_sidecars(path) if name == "folder" else formats.READERS[name][0](path):
+                fits.append(name)
+        except (OSError, ValueError):
+            continue
+    return fits[0] if len(fits) == 1 else None
+
+
+def _has_sidecars(folder: Path) -> bool:
+    """Whether an image under `folder` has a `.txt` beside it, among the first SCAN_LIMIT entries walked."""
+    budget, todo = SCAN_LIMIT, [folder] if folder.is_dir() else []
+    while todo and budget > 0:
+        names, inner = set(), []
+        try:
+            with os.scandir(todo.pop(0)) as entries:
+                for entry in entries:
+                    names.add(entry.name)
+                    if entry.is_dir(follow_symlinks=False):
+                        inner.append(entry.path)
+                    budget -= 1
+                    if budget <= 0:
+                        break
+        except OSError:
+            continue
+        if any(Path(n).suffix.lower() in IMAGE_SUFFIXES and f"{Path(n).stem}.txt" in names for n in names):
+            return True
+        todo += sorted(inner)
+    return False
 
 
 def sample_root() -> Path:
@@ -95,11 +179,6 @@ def is_sample(root: Path | str) -> bool:
         return Path(root).resolve() == sample_root().resolve()
     except OSError:
         return False
-
-
-def root_label(root: Path | str) -> str:
-    """How the Dataset box names a root: the embedded sample by name, others by path."""
-    return "Embedded COCO sample (150 train, 60 val)" if is_sample(root) else str(root)
 
 
 @dataclass(frozen=True)
@@ -149,22 +228,29 @@ def run_dirs(runs: Path | None = None) -> list[Path]:
     return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
 
 
-class _ByStat:
-    """What `read` made of a file, kept while the file's (mtime, size) stays: a rerun stats unchanged files and
-    reads none. It keeps at most about twice as many files as the latest listing named (see `sweep`)."""
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """A regular file's (mtime, size); None for anything else."""
+    info = path.stat()
+    return (info.st_mtime_ns, info.st_size) if stat.S_ISREG(info.st_mode) else None
 
-    def __init__(self, read: Callable[[Path], Any]) -> None:
-        self.read, self.kept = read, {}
+
+class _ByStat:
+    """What `read` made of a file, kept while its `stamp` (a regular file's (mtime, size)) stays: a rerun stats
+    unchanged files and reads none. It keeps at most about twice as many files as the latest listing named (see
+    `sweep`)."""
+
+    def __init__(self, read: Callable[[Path], Any], stamp: Callable[[Path], Any] = _file_stamp) -> None:
+        self.read, self.stamp, self.kept = read, stamp, {}
 
     def __call__(self, path: Path) -> Any:
-        """`read(path)`, or what it gave while the file is unchanged; None when there is no such regular file."""
+        """`read(path)`, or what it gave while the file is unchanged; None when there is no such file."""
         try:
-            info = path.stat()
+            key = self.stamp(path)
         except OSError:
             return None
-        if not stat.S_ISREG(info.st_mode):
+        if key is None:
             return None
-        key, kept = (info.st_mtime_ns, info.st_size), self.kept.get(str(path))
+        kept = self.kept.get(str(path))
         if kept is not None and kept[0] == key:
             return kept[1]
         value = self.read(path)
@@ -191,6 +277,7 @@ def _read_val_score(path: Path) -> tuple[float | None, str | None]:
 
 _scores = _ByStat(_read_val_score)  # best.pt -> (CIDEr, method)
 _statuses = _ByStat(lambda path: rundir.run_status(path))  # metrics.jsonl -> how its log ends
+_formats = _ByStat(_detect, listing_stamp)  # dataset path -> its format, or None
 
 
 def _status(run: rundir.RunDir) -> str | None:

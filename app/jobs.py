@@ -17,10 +17,10 @@ from pathlib import Path
 
 from app import catalog
 from app.background import CANCELLED, FAILED, INTERRUPTED, RUNNING, Background, Busy, Job, JobError
-from captioning import rundir
+from captioning import formats, rundir
 from captioning.checkpoint import load_checkpoint
 from captioning.config import TrainConfig
-from captioning.data import CocoSplit, DatasetError, available_splits
+from captioning.data import CocoSplit, DatasetError
 from captioning.io import atomic_write_text
 
 __all__ = [
@@ -140,7 +140,7 @@ def default_name() -> str:
 class JobManager:
     """Starts, watches and cancels the fine-tuning job of one runs directory. Thread- and process-safe.
 
-    `roots`, when given, lists the COCO roots a job may read (the app's data folders); any other is refused.
+    `roots`, when given, lists the datasets (folders or caption files) a job may read; any other is refused.
     """
 
     def __init__(
@@ -168,9 +168,10 @@ class JobManager:
         self,
         name: str,
         base: Path,
-        coco_root: Path,
+        data: Path,
         split: str,
         *,
+        fmt: str = "auto",
         val_split: str | None = None,
         train_ids: list[int] | None = None,
         steps: int | None = None,
@@ -180,7 +181,8 @@ class JobManager:
         scst: bool = False,
         minutes: float = DEFAULT_MINUTES,
     ) -> Job:
-        """Launch `python -m captioning train --init-from BASE --out RUNS/NAME`; JobError if it cannot.
+        """Launch `python -m captioning train --data DATA --format FMT --init-from BASE --out RUNS/NAME`; JobError
+        if it cannot. DATA is a dataset folder or caption file of format `fmt` ("auto": detected now).
 
         With `scst`, the run optimises CIDEr by self-critical training (`--epochs 0 --scst-epochs`),
         `batch_size` images a step at learning rate `lr`, instead of cross-entropy. `train_ids` (already
@@ -189,13 +191,15 @@ class JobManager:
         """
         catalog.prune_app_runs(self.runs, catalog.KEEP_APP_RUNS, protect=[Path(base)])  # keeps the app's runs bounded
         out = self.runs.resolve() / sanitize_name(name)
-        self._check_root(Path(coco_root))  # before anything under it is read
+        data = Path(data)
+        self._check_root(data)  # before anything under it is read
+        fmt = _format(data, fmt)
         if not 0 < minutes <= MAX_MINUTES:
             raise JobError(f"the time budget must be between 1 and {MAX_MINUTES} minutes")
-        chosen = {IDS_FILE: _bounded_ids(coco_root, split, train_ids, MAX_TRAIN_IMAGES)}
-        chosen[VAL_IDS_FILE] = _bounded_ids(coco_root, val_split, None, MAX_VAL_IMAGES) if val_split else None
+        chosen = {IDS_FILE: _bounded_ids(data, fmt, split, train_ids, MAX_TRAIN_IMAGES)}
+        chosen[VAL_IDS_FILE] = _bounded_ids(data, fmt, val_split, None, MAX_VAL_IMAGES) if val_split else None
         files = {name: out / name if ids else None for name, ids in chosen.items()}
-        cfg = self._config(out, base, coco_root, split, val_split, files, steps, epochs, lr, batch_size, scst, minutes)
+        cfg = self._config(out, base, data, fmt, split, val_split, files, steps, epochs, lr, batch_size, scst, minutes)
 
         def make_run_folder() -> None:  # under the job lock, once no other run trains
             if out.exists():
@@ -244,21 +248,24 @@ class JobManager:
         """The last lines of the run's train.log, progress-bar redraws collapsed."""
         return self.jobs.log_tail(job, lines)
 
-    def _check_root(self, coco_root: Path) -> None:
-        if self.roots is not None and coco_root.resolve() not in {Path(r).resolve() for r in self.roots()}:
-            raise JobError(f"{coco_root} is not one of the app's data folders")
+    def _check_root(self, data: Path) -> None:
+        if self.roots is not None and data.resolve() not in {Path(r).resolve() for r in self.roots()}:
+            raise JobError(f"{data} is not one of the app's datasets")
 
     def _config(
-        self, out, base, coco_root, split, val_split, ids_files, steps, epochs, lr, batch_size, scst, minutes
+        self, out, base, data, fmt, split, val_split, ids_files, steps, epochs, lr, batch_size, scst, minutes
     ) -> TrainConfig:
         """The run's TrainConfig, which checks the values; JobError for what only the app limits."""
-        base, coco_root = Path(base), Path(coco_root)
+        base = Path(base)
         load_checkpoint(base)  # CheckpointError (a ValueError) now rather than in the log later
-        splits = available_splits(coco_root) if coco_root.is_dir() else []
+        try:
+            splits = formats.split_names(data, fmt)
+        except (DatasetError, OSError):
+            splits = []
         for wanted in (split, val_split):
             if wanted is not None and wanted not in splits:
                 have = ", ".join(splits) or "none"
-                raise JobError(f"split {wanted!r} is not under {coco_root} (splits there: {have})")
+                raise JobError(f"split {wanted!r} is not under {data} (splits there: {have})")
         if (steps is None) == (epochs is None):
             raise JobError("give either steps or epochs")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
@@ -269,7 +276,8 @@ class JobManager:
         if self.cache_dir is not None:
             values["cache_dir"] = str(self.cache_dir)
         return TrainConfig(
-            coco_root=str(coco_root),
+            coco_root=str(data),
+            format=fmt,
             out=str(out),
             train_split=split,
             val_split=val_split,
@@ -289,7 +297,17 @@ def _progress(record: dict) -> bool:
     return all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
 
 
-def _bounded_ids(root: Path, split: str, given: list[int] | None, most: int) -> list[int] | None:
+def _format(data: Path, fmt: str) -> str:
+    """The format a run reads `data` as: `fmt`, or the one detected for "auto"; JobError when none or several fit."""
+    if fmt not in formats.FORMATS:
+        raise JobError(f"format must be one of: {', '.join(formats.FORMATS)} (got {fmt!r})")
+    try:
+        return formats.detect(data) if fmt == "auto" else fmt
+    except DatasetError as exc:
+        raise JobError(str(exc)) from None
+
+
+def _bounded_ids(data: Path, fmt: str, split: str, given: list[int] | None, most: int) -> list[int] | None:
     """The ids a run may read: `given` (at most `most` of them), else a seeded sample of `most` when the split has
     more (None: the whole split). JobError for more given ids than the budget allows."""
     if given is not None:
@@ -297,7 +315,10 @@ def _bounded_ids(root: Path, split: str, given: list[int] | None, most: int) -> 
             raise JobError(f"{len(given):,} image ids; a fine-tune from the app takes at most {most:,}")
         return given
     try:
-        ids = CocoSplit.load(Path(root), split, check_files=False).ids
+        if fmt == "coco":  # its ids without a stat of each of its (maybe 118k) images
+            ids = CocoSplit.load(data, split, check_files=False).ids
+        else:
+            ids = formats.open_split(data, split, fmt).ids
     except (DatasetError, OSError):
         return None  # the split check says what is wrong
     return sorted(random.Random(0).sample(ids, most)) if len(ids) > most else None

@@ -117,12 +117,14 @@ def order_ids(ids: list[int], scores: dict[int, dict], key: str | None) -> list[
     return scored + sorted(i for i in ids if i not in scores)
 
 
-def tile_text(image_id: int, references: list[str], score: dict | None) -> str:
-    """A grid tile's caption (markdown): the model's caption and scores once scored, else the first reference."""
+def tile_text(label: int | str, references: list[str], score: dict | None) -> str:
+    """A grid tile's caption (markdown): the image's id (COCO) or file name, then the model's caption and scores
+    once scored, else the first reference."""
+    name = f"#{label}" if isinstance(label, int) else plain(label, 60)
     if score is None:
-        return f"**#{image_id}** {plain(references[0], 200)}"
+        return f"**{name}** {plain(references[0] if references else '', 200)}"
     caption = plain(score["caption"], 200)
-    return f"**#{image_id}** _{caption}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
+    return f"**{name}** _{caption}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
 
 
 def search_captions(split: CocoSplit, query: str) -> list[int]:

@@ -13,19 +13,10 @@ from app import catalog, downloads
 from app.jobs import JobManager
 from app.render import plain
 from app.uploads import MAX_FILES, UploadResult, caption_files, thumbnail_jpeg
-from captioning import rundir
+from captioning import formats, rundir
 from captioning.checkpoint import CheckpointError
 from captioning.config import METHODS, DecodeConfig
-from captioning.data import (
-    DOWNLOAD_HINT,
-    CocoSplit,
-    DatasetError,
-    ImageLoadError,
-    available_splits,
-    load_image,
-    parse_ids,
-    split_paths,
-)
+from captioning.data import DOWNLOAD_HINT, CocoSplit, DatasetError, ImageLoadError, load_image, parse_ids, split_paths
 from captioning.decodebudget import DECODES
 from captioning.inference import Captioner
 
@@ -40,26 +31,38 @@ def _captioner(path: str, mtime_ns: int) -> Captioner:  # mtime in the key: a re
 
 
 @st.cache_resource(show_spinner="Reading the dataset...", max_entries=4)
-def _load_split(root: str, split: str, stamp: tuple) -> CocoSplit:  # a new stamp: read again
-    return CocoSplit.load(Path(root), split)
+def _load_split(path: str, fmt: str, split: str, stamp: tuple) -> CocoSplit:  # a new stamp: read again
+    return formats.open_split(Path(path), split, fmt)
 
 
-def load_split(root: str, split: str) -> CocoSplit:
-    """The split, read again when its annotation file is rewritten or images arrive in (or leave) its folder."""
-    ann, folder = split_paths(Path(root), split)
-    try:  # the folder's entry count too: images can arrive within one tick of its mtime
-        info = ann.stat()
-        stamp = (info.st_mtime_ns, info.st_size, folder.stat().st_mtime_ns, len(os.listdir(folder)))
+def load_split(dataset: catalog.DatasetEntry, split: str) -> CocoSplit:
+    """The split, read again when its caption file is rewritten or images arrive in (or leave) its folder."""
+    try:
+        if dataset.format == "coco":  # the folder's entry count too: images can arrive within one tick of its mtime
+            ann, folder = split_paths(dataset.path, split)
+            info = ann.stat()
+            stamp = (info.st_mtime_ns, info.st_size, folder.stat().st_mtime_ns, len(os.listdir(folder)))
+        else:  # the caption file, and the folders its images are in
+            path = dataset.path
+            stamp = (catalog.listing_stamp(path), path.is_file() and catalog.listing_stamp(path.parent))
     except OSError:
         stamp = ()
-    return _load_split(root, split, stamp)
+    return _load_split(str(dataset.path), dataset.format, split, stamp)
+
+
+def split_names(dataset: catalog.DatasetEntry) -> list[str]:
+    """The dataset's splits; none where it cannot be read (opening a split says why)."""
+    try:
+        return formats.split_names(dataset.path, dataset.format)
+    except (DatasetError, OSError):
+        return []
 
 
 @st.cache_resource
 def job_manager(runs: str) -> JobManager:
     """One manager per runs directory per server process, shared by every session and tab."""
     cache = os.environ.get("CAPTIONING_CACHE_DIR")
-    return JobManager(Path(runs), cache_dir=Path(cache) if cache else None, roots=catalog.coco_roots)
+    return JobManager(Path(runs), cache_dir=Path(cache) if cache else None, roots=catalog.dataset_paths)
 
 
 def model_key(path: Path) -> tuple[str, int]:
@@ -121,49 +124,57 @@ def decoding_controls() -> DecodeConfig:
     return replace(base, method=method, beam_size=beam, max_len=max_len, block_repeats=block, name_novel=novel)
 
 
-def coco_picker(prefer: str = "val", label: str = "Split") -> tuple[str, str]:
-    """Sidebar COCO root (one of the app's data folders) and split; a plain message (and stop) without data."""
-    roots = catalog.coco_roots()
-    if not roots:
+def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.DatasetEntry, str]:
+    """Sidebar dataset (one the app lists, of any format) and split; a plain message (and stop) without data."""
+    found = catalog.datasets()
+    if not found:
         st.info(
-            f"No COCO captions found under `{catalog.data_dir()}` (or `$COCO_ROOT`). Download a sample with:"
-            f"\n\n```\n{COCO_HINT}\n```"
+            f"No caption dataset found under `{catalog.data_dir()}` (or `$COCO_ROOT`): put one there (COCO, Flickr8k, "
+            f"a CSV... see README: Your own data), or download a COCO sample with:\n\n```\n{COCO_HINT}\n```"
         )
         st.stop()
-    shown = {str(r): r for r in roots}
-    root = st.sidebar.selectbox(
+    shown = {str(d.path): d for d in found}
+    chosen = st.sidebar.selectbox(
         "Dataset",
         list(shown),
-        format_func=catalog.root_label,
-        help=f"COCO roots in {catalog.data_dir()}, $COCO_ROOT and the embedded sample",
+        format_func=lambda key: shown[key].label,
+        help=f"Caption datasets in {catalog.data_dir()} (folders or caption files, any format), $COCO_ROOT and the "
+        "embedded sample",
     )
-    if catalog.is_sample(root):
+    dataset = shown[chosen]
+    if catalog.is_sample(dataset.path):
         st.sidebar.caption(
             "The embedded sample: 210 COCO images with free licenses and their official captions "
             "(attribution in `captioning/sample/ATTRIBUTION.csv`). For full COCO, download it (Browse offers a "
             f"sample of val2017), or run `{DOWNLOAD_HINT.format(root='data/coco')}` and `--split train2017`."
         )
-    splits = available_splits(shown[root])
+    try:
+        splits = formats.split_names(dataset.path, dataset.format)
+    except (DatasetError, OSError) as exc:
+        st.error(plain(str(exc), 300))
+        st.stop()
     if not splits:
-        st.info(f"`{root}` has annotation files but none with its image folder beside it.")
+        coco = dataset.format == "coco"
+        why = "has annotation files but none with its image folder beside it" if coco else "has no split with captions"
+        st.info(f"`{chosen}` {why}.")
         st.stop()
     default = splits.index(prefer) if prefer in splits else 0
-    return root, st.sidebar.selectbox(label, splits, index=default)
+    return dataset, st.sidebar.selectbox(label, splits, index=default)
 
 
-def ids_in_split(data: bytes, name: str, root: str, split: str) -> list[int]:
+def ids_in_split(data: bytes, name: str, dataset: catalog.DatasetEntry, split: str) -> list[int]:
     """Image ids from an uploaded file, all of them in the split; DatasetError saying what is wrong."""
     ids = parse_ids(data, plain(name, 40))
-    files = load_split(root, split).files
+    files = load_split(dataset, split).files
     unknown = [i for i in ids if i not in files]
     if unknown:
         raise DatasetError(f"{len(unknown)} id(s) in {plain(name, 40)} are not in split {split}: {unknown[:5]}")
     return ids
 
 
-def split_or_stop(root: str, split: str) -> CocoSplit:
+def split_or_stop(dataset: catalog.DatasetEntry, split: str) -> CocoSplit:
     try:
-        return load_split(root, split)
+        return load_split(dataset, split)
     except DatasetError as exc:
         st.error(plain(str(exc), 300))
         st.stop()
@@ -218,6 +229,14 @@ def _thumbnail(path: str, mtime_ns: int, side: int, square: bool) -> bytes:  # m
         return thumbnail_jpeg(load_image(Path(path), name=Path(path).name), side, square)  # ImageLoadError: not cached
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _member_thumbnail(member: tuple, side: int, square: bool) -> bytes:
+    from captioning.formats.shards import ShardMember
+
+    with DECODES.scope():
+        return thumbnail_jpeg(load_image(ShardMember(*member)), side, square)
+
+
 @st.cache_data(show_spinner=False)
 def _placeholder(side: int) -> bytes:
     from PIL import Image
@@ -229,7 +248,10 @@ def show_image(box, path: Path, side: int, square: bool = False, caption: str | 
     """A dataset image in `box`: a display copy at most `side` px (a centre square if `square`, so a grid lines
     up), read through the bounded loader; a grey square with the reason when it cannot be read. Whether it could."""
     try:
-        data = _thumbnail(*model_key(path), side, square)
+        if isinstance(path, Path):
+            data = _thumbnail(*model_key(path), side, square)
+        else:  # an image inside a webdataset shard (formats.shards.ShardMember)
+            data = _member_thumbnail(tuple(path), side, square)
     except ImageLoadError as exc:
         box.image(_placeholder(min(side, 256)), caption=f":material/broken_image: {plain(str(exc), 160)}")
         return False

@@ -1,6 +1,7 @@
-"""Browse a COCO split: search and page through images, open one (?image=ID), score the model's captions."""
+"""Browse a split of any caption dataset: search and page through images, open one (?image=ID), score captions."""
 
 import math
+from pathlib import Path
 
 import streamlit as st
 
@@ -13,14 +14,15 @@ ORDERS = {"Image id": None, "CIDEr, worst first": "CIDEr", "BLEU-4, worst first"
 
 st.set_page_config(page_title="Browse dataset", page_icon=":frame_with_picture:", layout="wide")
 st.title("Browse the dataset")
-root, split_name = ui.coco_picker()
+dataset, split_name = ui.dataset_picker()
+root = dataset.path
 if catalog.is_sample(root) or not (coco := catalog.data_dir() / "coco").is_dir() or coco.samefile(root):
     ui.download_panel(expanded=False)
-split = ui.split_or_stop(root, split_name)
+split = ui.split_or_stop(dataset, split_name)
 entry = ui.model_picker(required=False)
 decoding = ui.decoding_controls() if entry else None
 model = ui.captioner(entry.path) if entry else None
-setting = (root, split_name, ui.model_key(entry.path) if entry else "", decoding)
+setting = (str(root), dataset.format, split_name, ui.model_key(entry.path) if entry else "", decoding)
 scores = st.session_state.setdefault("scores", {}).setdefault(setting, {})  # image id -> caption, BLEU-4, CIDEr
 
 
@@ -39,12 +41,13 @@ if "image" in st.query_params:
     if st.button("Back to all images", icon=":material/arrow_back:"):
         del st.query_params["image"]
         st.rerun()
-    image_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else None
+    image_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 16 else None  # others' ids: 48-bit
     if image_id not in split.files:
         st.warning(f"There is no image with id \u201c{plain(raw, 24)}\u201d in split {plain(split_name)}.")
         st.stop()
     left, right = st.columns(2)
-    ui.show_image(left, split.files[image_id], 1024, caption=f"COCO image {image_id} (link: ?image={image_id})")
+    name = f"COCO image {image_id}" if dataset.format == "coco" else plain(split.files[image_id].name, 120)
+    ui.show_image(left, split.files[image_id], 1024, caption=f"{name} (link: ?image={image_id})")
     right.subheader("Reference captions")
     right.markdown("\n".join(f"- {plain(c, 300)}" for c in split.captions[image_id]))  # from the file: as text
     if model is None:
@@ -86,7 +89,8 @@ for row in range(0, len(shown), 4):
     for col, i in zip(st.columns(4), shown[row : row + 4], strict=False):
         tile = col.container(border=True)
         ui.show_image(tile, split.files[i], 384)
-        tile.caption(tile_text(i, split.captions[i], scores.get(i)))
+        label = i if dataset.format == "coco" else Path(split.files[i].name).name
+        tile.caption(tile_text(label, split.captions[i], scores.get(i)))
         if tile.button("Open image", key=f"open-{i}"):
             st.query_params["image"] = str(i)
             st.rerun()

@@ -1,18 +1,15 @@
-"""Fine-tune a model on a COCO split in the background, watch it live, cancel it cleanly (one run at a time)."""
-
-from pathlib import Path
+"""Fine-tune a model on a split of any caption dataset in the background, watch it live, cancel it cleanly."""
 
 import streamlit as st
 
 from app import catalog, ui
 from app.charts import line_chart, rewards_frame, steps_frame
 from app.jobs import DEFAULT_MINUTES, MAX_MINUTES, MAX_STEPS, MAX_TRAIN_IMAGES, JobError, default_name
-from captioning.data import available_splits
 
 st.set_page_config(page_title="Fine-tune", page_icon=":hammer_and_wrench:", layout="wide")
 st.title("Fine-tune a model")
 st.caption(
-    "Continue training a model on a COCO split in the background, one run at a time. Progress shows here "
+    "Continue training a model on a dataset split in the background, one run at a time. Progress shows here "
     "live, also after a reload or in another tab; a finished run joins Home's checkpoint selector."
 )
 manager = ui.job_manager(str(catalog.runs_dir()))
@@ -62,10 +59,10 @@ checkpoints = catalog.list_checkpoints()
 if not checkpoints:
     st.info("Fine-tuning starts from a model, and there is none yet. " + catalog.GET_A_MODEL)
     st.stop()
-root, split = ui.coco_picker(prefer="train", label="Training split")
+dataset, split = ui.dataset_picker(prefer="train", label="Training split")
 st.session_state.setdefault("run_name", default_name())
 with st.form("launch"):
-    if catalog.is_sample(root):
+    if catalog.is_sample(dataset.path):
         st.caption(
             "Training on the embedded sample (150 images): a 200-step fine-tune takes a minute or two on a CPU. "
             "It is a demonstration of the workflow, not a way to a better model; that needs full COCO."
@@ -90,7 +87,7 @@ with st.form("launch"):
         help="the whole run, feature extraction included: when it is spent the run validates, saves and ends. "
         f"A larger split is sampled down to {MAX_TRAIN_IMAGES:,} training images.",
     )
-    splits = ["(none)"] + available_splits(Path(root))
+    splits = ["(none)"] + ui.split_names(dataset)
     val = left.selectbox("Validation split", splits, index=splits.index("val") if "val" in splits else 0)
     ids = right.file_uploader(
         "Image ids (optional)",
@@ -108,10 +105,9 @@ with st.form("launch"):
 if go:
     options = {"val_split": None if val == "(none)" else val, "lr": lr, "scst": objective.startswith("self-critical")}
     try:
-        options["train_ids"] = ui.ids_in_split(ids.getvalue(), ids.name, root, split) if ids else None
-        manager.start(
-            name, bases[base], root, split, batch_size=batch, minutes=int(minutes), **options, **{unit: int(amount)}
-        )
+        options["train_ids"] = ui.ids_in_split(ids.getvalue(), ids.name, dataset, split) if ids else None
+        options |= {"fmt": dataset.format, "batch_size": batch, "minutes": int(minutes), unit: int(amount)}
+        manager.start(name, bases[base], dataset.path, split, **options)
     except (JobError, ValueError, OSError) as exc:
         st.error(f"Could not start: {ui.plain(str(exc), 300)}")
     else:

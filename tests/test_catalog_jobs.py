@@ -17,11 +17,14 @@ import pytest
 import torch
 from app_fixtures import fake_python as make_fake_python
 from app_fixtures import wait_for
+from fixtures import draw, make_coco
 
-from app import catalog
+from app import catalog, jobs
 from app.jobs import MAX_STEPS, JobError, JobManager, sanitize_name
-from captioning import rundir
+from captioning import formats, rundir
 from captioning.checkpoint import FORMAT, FORMAT_VERSION
+from captioning.cli import build_parser
+from captioning.flags import train_config as config_from_args
 
 FAKE_TRAINER = f"""#!{sys.executable}
 # Stand-in for `python -m captioning train`: logs like it, sleeps, saves last.pt on SIGTERM.
@@ -193,6 +196,73 @@ def test_pruning_keeps_the_newest_app_runs_and_deletes_only_older_ended_ones(tmp
         catalog.prune_app_runs(runs, keep=-1)
 
 
+def _csv_dataset(folder: Path, images: int = 8) -> Path:
+    """`folder/captions.csv`, two captions for each of `images` pictures in `folder/pics/`; returns the CSV."""
+    (folder / "pics").mkdir(parents=True)
+    rows = ["image,caption"]
+    for i in range(images):
+        draw(("red", "blue")[i % 2], ("circle", "square")[i // 2 % 2]).save(folder / "pics" / f"p{i}.png")
+        rows += [f"pics/p{i}.png,picture {i}", f"pics/p{i}.png,drawing number {i}"]
+    (folder / "captions.csv").write_text("\n".join(rows) + "\n")
+    return folder / "captions.csv"
+
+
+def test_datasets_are_every_readable_entry_of_the_data_folder_named_with_their_format(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    make_coco(data / "coco", {"val": 2})
+    (data / "flickr8k" / "Images").mkdir(parents=True)
+    draw("red", "circle").save(data / "flickr8k" / "Images" / "a.jpg")
+    (data / "flickr8k" / "Flickr8k.token.txt").write_text("a.jpg#0\ta red circle\n")
+    (data / "photos" / "2024").mkdir(parents=True)  # sidecar captions, a folder down
+    draw("blue", "square").save(data / "photos" / "2024" / "b.png")
+    (data / "photos" / "2024" / "b.txt").write_text("a blue square\n")
+    _csv_dataset(data / "tables")  # a folder holding one CSV: the folder is the dataset
+    (data / "notes").mkdir()  # none of these is a dataset
+    (data / "notes" / "todo.md").write_text("nothing")
+    (data / "both").mkdir()  # a token file and a Karpathy JSON: ambiguous, so left out
+    (data / "both" / "captions.token").write_text("a.jpg#0\tx\n")
+    (data / "both" / "dataset_x.json").write_text('{"images": []}')
+    (data / ".hidden").mkdir()
+    shutil.copytree(data / "coco", data / ".hidden" / "coco")
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
+    monkeypatch.setenv("COCO_ROOT", str(make_coco(tmp_path / "elsewhere" / "coco", {"val": 2})))
+    monkeypatch.delenv("CAPTIONING_SAMPLE_DIR", raising=False)
+    reads = []
+    monkeypatch.setattr(catalog._formats, "read", lambda path, read=catalog._formats.read: reads.append(path) or
+                        read(path))  # fmt: skip
+
+    found = catalog.datasets()
+    assert [(d.label, d.format) for d in found] == [
+        (f"{tmp_path / 'elsewhere' / 'coco'} (coco)", "coco"),  # two called coco: by path
+        (f"{data / 'coco'} (coco)", "coco"),
+        ("flickr8k (flickr)", "flickr"),
+        ("photos (folder)", "folder"),
+        ("tables (csv)", "csv"),
+        (catalog.SAMPLE_LABEL, "coco"),
+    ]
+    assert catalog.dataset_paths() == [d.path for d in found]
+    assert all(formats.detect(d.path) == d.format for d in found)  # what training detects too
+    assert len(reads) == 9  # COCO_ROOT, data/ and its 6 entries, the sample
+    reads.clear()
+    assert catalog.datasets() == found and reads == []  # a rerun reads nothing again
+    draw("green", "circle").save(data / "flickr8k" / "Images" / "c.jpg")
+    (data / "notes" / "captions.csv").write_text("image,caption\nx.png,y\n")
+    assert [d.label for d in catalog.datasets()][2:5] == ["flickr8k (flickr)", "notes (csv)", "photos (folder)"]
+    assert sorted(map(Path, reads)) == [data, data / "flickr8k", data / "notes"]  # what changed, and data/ for it
+
+
+def test_a_caption_file_in_the_data_folder_is_its_own_entry(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    csv = _csv_dataset(data)
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
+    monkeypatch.setenv("CAPTIONING_SAMPLE_DIR", str(tmp_path / "no-sample"))
+    monkeypatch.delenv("COCO_ROOT", raising=False)
+    [entry] = catalog.datasets()  # not data/ as well: it is read through that same file
+    assert (entry.path, entry.format, entry.label) == (csv, "csv", "captions.csv (csv)")
+    csv.unlink()
+    assert catalog.datasets() == []  # pics/ alone: images without captions
+
+
 # jobs: names and validation -----------------------------------------------------------------------------------------
 
 
@@ -224,7 +294,7 @@ def test_start_refuses_bad_requests_with_clear_reasons(tiny_checkpoint, tiny_coc
         (dict(base=tmp_path / "none.pt"), "does not exist"),
     ]
     for change, message in cases:
-        args = dict(name="new", base=tiny_checkpoint, coco_root=tiny_coco, split="train", steps=10) | change
+        args = dict(name="new", base=tiny_checkpoint, data=tiny_coco, split="train", steps=10) | change
         with pytest.raises(ValueError, match=message):
             manager.start(**args)
     assert manager.current() is None and not (tmp_path / "runs" / "new").exists()
@@ -286,3 +356,40 @@ def test_starting_a_job_deletes_the_app_runs_past_the_newest(tiny_checkpoint, ti
     manager.start("new", tiny_checkpoint, tiny_coco, "train", steps=10)
     assert manager.wait(timeout=20) == 0
     assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["cli", "done0", "done1", "new"]
+
+
+def test_a_finetune_on_a_csv_dataset_reads_it_as_csv(tiny_checkpoint, tmp_path, fake_python, monkeypatch):
+    csv = _csv_dataset(tmp_path / "data")
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CAPTIONING_SAMPLE_DIR", str(tmp_path / "no-sample"))
+    monkeypatch.delenv("COCO_ROOT", raising=False)
+    monkeypatch.setenv("FAKE_TRAINER", "finish")
+    monkeypatch.setattr(jobs, "MAX_TRAIN_IMAGES", 3)  # a sample of the split's hashed ids
+    manager = JobManager(tmp_path / "runs", python=fake_python, roots=catalog.dataset_paths)
+    [entry] = catalog.datasets()
+    job = manager.start("on-csv", tiny_checkpoint, entry.path, "train", fmt=entry.format, val_split="val", steps=5)
+    assert manager.wait(timeout=20) == 0
+    cfg = config_from_args(build_parser().parse_args(job.command[3:]))  # [python, -m, captioning, train, ...]
+    assert (cfg.coco_root, cfg.format, cfg.train_split, cfg.val_split) == (str(csv), "csv", "train", "val")
+    ids = [int(i) for i in Path(cfg.train_ids).read_text().split()]
+    assert len(ids) == 3 and set(ids) <= set(formats.open_split(csv, "train", "csv").ids)
+
+    job = manager.start("auto", tiny_checkpoint, csv, "train", steps=5)  # fmt "auto": detected when it starts
+    assert manager.wait(timeout=20) == 0 and "--format csv" in " ".join(job.command)
+    with pytest.raises(JobError, match="split 'test' is not under"):
+        manager.start("no-test", tiny_checkpoint, csv, "test", steps=5)
+
+
+def test_a_dataset_the_app_does_not_list_is_refused(tiny_checkpoint, tiny_coco, tmp_path, fake_python, monkeypatch):
+    data = tmp_path / "data"
+    csv = _csv_dataset(data / "mine")
+    shutil.copytree(data / "mine", tmp_path / "outside")
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(data))
+    monkeypatch.delenv("COCO_ROOT", raising=False)
+    manager = JobManager(tmp_path / "runs", python=fake_python, roots=catalog.dataset_paths)
+    assert catalog.dataset_paths()[0] == data / "mine"
+    for path in (tmp_path / "outside", tmp_path / "outside" / "captions.csv", tiny_coco, csv, data / "mine" / "pics",
+                 data / "mine" / ".." / ".." / "outside"):  # fmt: skip
+        with pytest.raises(JobError, match="is not one of the app's datasets"):
+            manager.start("stranger", tiny_checkpoint, path, "train", fmt="csv", steps=5)
+    assert manager.current() is None and not (tmp_path / "runs" / "stranger").exists()

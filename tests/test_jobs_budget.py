@@ -50,7 +50,7 @@ def test_a_run_from_the_app_extracts_a_bounded_sample_validates_a_bounded_number
 
 def test_a_budget_beyond_the_apps_limits_is_refused(manager, tiny_checkpoint, tiny_coco, monkeypatch):
     monkeypatch.setattr(jobs, "MAX_TRAIN_IMAGES", 5)
-    args = dict(base=tiny_checkpoint, coco_root=tiny_coco, split="train", steps=10)
+    args = dict(base=tiny_checkpoint, data=tiny_coco, split="train", steps=10)
     with pytest.raises(JobError, match="at most 5"):
         manager.start("many", train_ids=list(range(1, 7)), **args)
     for minutes in (0, jobs.MAX_MINUTES + 1):

@@ -124,3 +124,29 @@ def test_two_torchrun_ranks_train_on_shards_each_reading_shards_of_its_own(tmp_p
     assert sorted(i for s in cached for i in s["ids"]) == sorted(train.ids)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("kind") == "step" for r in steps) and (out / "best.pt").is_file()
+
+
+def test_a_coco_root_with_a_tar_beside_it_is_still_coco(tiny_coco, tmp_path):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    (root / "sealed-test.tar").write_bytes(b"")  # never opened: a COCO root wins
+    assert detect(root) == "coco"
+
+
+def test_browse_shows_shard_images_with_their_file_names(monkeypatch, tmp_path):
+    from app_fixtures import of_type, open_page, point_app, text
+
+    point_app(monkeypatch, tmp_path)
+    make_shards(tmp_path / "data" / "web", shards=2, per_shard=3)
+    monkeypatch.setenv("CAPTIONING_DATA_DIR", str(tmp_path / "data"))
+    at = open_page("browse")
+    box = next(s for s in at.sidebar.selectbox if s.label == "Dataset")
+    assert box.options == ["web (webdataset)"]
+    next(s for s in at.sidebar.selectbox if s.label == "Split").set_value("train").run()
+    split = open_split(tmp_path / "data" / "web", "train")
+    shown = text(at)
+    assert not at.exception and f"{len(split)} of {len(split)} images in train match" in shown
+    assert len(of_type(at, "image")) == len(split)  # thumbnails read from inside the shards
+    assert all(split.files[i].key in shown for i in split.ids)  # each tile named by its file

@@ -42,7 +42,7 @@ def detect(path: Path) -> str:
         return "coco"  # whose reader says what is missing and how to download COCO
     fits = [name for name, (looks, _) in READERS.items() if _looks(looks, path)]
     named = [f for f in fits if f not in GENERIC]
-    fits = named or fits
+    fits = ["coco"] if "coco" in fits else named or fits  # a COCO root with a tar beside it is still COCO
     if len(fits) == 1:
         return fits[0]
     if not fits:
