@@ -68,3 +68,12 @@ def test_card_scores_match_what_evaluate_reports_today(captioner):
 
 def _names_a_thing_twice(words: list[str]) -> bool:
     return any(w not in FUNCTION_WORDS and words.count(w) > 1 for w in words)
+
+
+def test_the_card_opens_with_hugging_face_front_matter_holding_the_recorded_scores():
+    from captioning.card import header
+
+    card = CARD.read_text()
+    recorded = json.loads(SCORES.read_text())["scores"]["beam 3"]
+    assert card.startswith(header()) and "pipeline_tag: image-to-text" in card.split("\n---\n")[0]
+    assert f"name: CIDEr, value: {recorded['CIDEr']:.4f}" in card
