@@ -134,9 +134,12 @@ def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.D
         )
         st.stop()
     shown = {str(d.path): d for d in found}
+    if st.session_state.get("dataset") not in shown:
+        st.session_state.pop("dataset", None)  # a dataset that went away (or a stale choice): the first one
     chosen = st.sidebar.selectbox(
         "Dataset",
         list(shown),
+        key="dataset",
         format_func=lambda key: shown[key].label,
         help=f"Caption datasets in {catalog.data_dir()} (folders or caption files, any format), $COCO_ROOT and the "
         "embedded sample",

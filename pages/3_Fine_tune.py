@@ -1,8 +1,10 @@
 """Fine-tune a model on a split of any caption dataset in the background, watch it live, cancel it cleanly."""
 
+from pathlib import Path
+
 import streamlit as st
 
-from app import catalog, ui
+from app import archive, catalog, ui
 from app.charts import line_chart, rewards_frame, steps_frame
 from app.jobs import DEFAULT_MINUTES, MAX_MINUTES, MAX_STEPS, MAX_TRAIN_IMAGES, JobError, default_name
 
@@ -59,6 +61,37 @@ checkpoints = catalog.list_checkpoints()
 if not checkpoints:
     st.info("Fine-tuning starts from a model, and there is none yet. " + catalog.GET_A_MODEL)
     st.stop()
+with st.expander(
+    "Add your own dataset (a zip or tar of images and captions)", expanded="archive_report" in st.session_state
+):
+    st.caption(
+        "Images with captions in any format the studio reads: COCO JSON, Flickr8k/30k token files, Karpathy's JSON, "
+        "a CSV or TSV (image and caption columns), `.txt` sidecars or a Hugging Face imagefolder. At most "
+        f"{archive.MAX_ARCHIVE_BYTES // 1_000_000} MB packed, {archive.MAX_MEMBERS:,} files and "
+        f"{archive.MAX_TOTAL_BYTES // 1_000_000_000} GB unpacked; it is stored under the data folder and offered "
+        "on Browse and here."
+    )
+    with st.form("add_dataset", clear_on_submit=True):
+        upload = st.file_uploader("Archive", type=["zip", "tar", "gz", "tgz"], max_upload_size=200)
+        label = st.text_input("Dataset name", help=f"letters, digits, - and _ (at most {archive.MAX_NAME})")
+        add = st.form_submit_button("Add dataset", icon=":material/upload:")
+    if add:
+        try:
+            if upload is None:
+                raise archive.ArchiveError("choose an archive to upload")
+            with st.spinner("Unpacking and checking the dataset..."):
+                report = archive.store_archive(upload, label or Path(upload.name).stem, catalog.data_dir())
+        except archive.ArchiveError as exc:
+            st.error(f"Not added: {ui.plain(str(exc), 300)}")
+        else:
+            st.session_state["dataset"] = str(report.path)  # the picker opens on it
+            st.session_state["archive_report"] = report.lines()
+            st.rerun()
+    if st.session_state.get("archive_report"):
+        first, *rest = st.session_state["archive_report"]
+        st.success(ui.plain(first, 300))
+        if rest:
+            st.text("\n".join(rest))
 dataset, split = ui.dataset_picker(prefer="train", label="Training split")
 st.session_state.setdefault("run_name", default_name())
 with st.form("launch"):

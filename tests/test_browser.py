@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import REPO, image_bytes
+from fixtures import COLOURS, SHAPES, draw
 
 from captioning.data import load_image
 from captioning.inference import Captioner
@@ -46,7 +47,8 @@ def server(tiny_checkpoint, tiny_run, tiny_coco, tiny_cache_dir, tmp_path_factor
     tmp = tmp_path_factory.mktemp("browser")
     shutil.copytree(tiny_run, tmp / "runs" / "tiny-run")
     yield from _serve(tmp, {"CAPTIONING_CHECKPOINT": str(tiny_checkpoint), "CAPTIONING_RUNS_DIR": str(tmp / "runs"),
-                            "COCO_ROOT": str(tiny_coco), "CAPTIONING_CACHE_DIR": str(tiny_cache_dir)})  # fmt: skip
+                            "COCO_ROOT": str(tiny_coco), "CAPTIONING_CACHE_DIR": str(tiny_cache_dir),
+                            "CAPTIONING_DATA_DIR": str(tmp / "data")})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -187,4 +189,80 @@ def test_a_first_run_clicks_an_example_on_home_and_browses_the_sample(first_run_
         expect(page.get_by_text("No COCO captions")).to_have_count(0)
         settle(page)
         page.screenshot(path=ARTIFACTS / "browse-sample.png", full_page=True)
+        browser.close()
+
+
+def _dataset_zip(path: Path) -> None:
+    """A CSV dataset of 16 drawings whose captions all say "zorblat", a word the tiny model lacks."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        rows = ["image,caption"]
+        for k in range(16):
+            colour, shape = list(COLOURS)[k % 4], SHAPES[(k // 4) % 2]
+            buf = io.BytesIO()
+            draw(colour, shape, jitter=k).save(buf, "PNG")
+            z.writestr(f"shapes/pics/{k}.png", buf.getvalue())
+            rows += [f"pics/{k}.png,a {colour} zorblat {shape}", f"pics/{k}.png,one {colour} {shape} zorblat"]
+        z.writestr("shapes/captions.csv", "\n".join(rows) + "\n")
+
+
+def _choose(page, box: str, option: str) -> None:
+    """Pick `option` in the sidebar select box labelled `box`."""
+    page.get_by_test_id("stSidebar").get_by_role("combobox", name=box).click()
+    page.get_by_role("option", name=option).click()
+
+
+def test_upload_a_dataset_browse_it_fine_tune_on_it_and_caption_with_the_result(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = server
+    archive = tmp / "shapes.zip"
+    _dataset_zip(archive)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+        page.goto(f"{url}/Fine_tune")
+        expect(page.get_by_role("heading", name="Fine-tune a model")).to_be_visible()
+        page.get_by_text("Add your own dataset").click()
+        page.get_by_test_id("stExpander").locator('input[type="file"]').set_input_files(str(archive))
+        page.get_by_role("textbox", name="Dataset name").fill("my shapes")
+        page.get_by_role("button", name="Add dataset").click()
+        expect(page.get_by_text("Stored as my-shapes (csv format)")).to_be_visible()
+        settle(page)
+        page.screenshot(path=ARTIFACTS / "fine-tune-dataset-added.png", full_page=True)
+
+        page.get_by_role("link", name="Browse dataset").click()
+        expect(page.get_by_role("heading", name="Browse the dataset")).to_be_visible()
+        _choose(page, "Dataset", "my-shapes (csv)")
+        _choose(page, "Split", "train")
+        expect(page.get_by_text(re.compile(r"\d+ of \d+ images in train match"))).to_be_visible()
+        expect(page.get_by_text("zorblat").first).to_be_visible()
+        settle(page)
+        page.screenshot(path=ARTIFACTS / "browse-own-dataset.png", full_page=True)
+
+        page.get_by_role("link", name="Fine tune").click()
+        _choose(page, "Dataset", "my-shapes (csv)")
+        page.get_by_role("textbox", name="Run name").fill("shapes-run")
+        page.get_by_role("spinbutton", name="How many").fill("30")
+        page.get_by_role("button", name="Fine-tune on train").click()
+        expect(page.get_by_text("Run shapes-run finished")).to_be_visible()
+        settle(page)
+        page.screenshot(path=ARTIFACTS / "fine-tune-own-dataset.png", full_page=True)
+
+        grown = Captioner.from_checkpoint(tmp / "runs" / "shapes-run" / "best.pt", device="cpu")
+        assert "zorblat" in grown.vocab.stoi  # the new word was learned into the vocabulary
+        photo = tmp / "blue-square.png"
+        photo.write_bytes(image_bytes("blue", "square"))
+        expected = grown.caption([load_image(photo)])[0].text
+        page.get_by_role("link", name="Home").click()
+        _choose(page, "Checkpoint", re.compile("shapes-run"))
+        settle(page)  # the rerun for the new model is over before the upload
+        page.locator('input[type="file"]').set_input_files(str(photo))
+        expect(page.locator("h3", has_text=expected)).to_be_visible()
+        settle(page)
+        page.screenshot(path=ARTIFACTS / "home-own-model.png", full_page=True)
         browser.close()
