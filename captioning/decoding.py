@@ -64,15 +64,16 @@ def _normalise(logprob: float, length: int, length_penalty: float) -> float:
     return logprob / max(length, 1) ** length_penalty
 
 
-def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool) -> torch.Tensor:
-    """Never generate <pad> or <start>; at the last step only <end> is left."""
+def _allowed(logp: torch.Tensor, vocab: Vocabulary, last: bool, unknown: bool = False) -> torch.Tensor:
+    """Never generate <pad> or <start>, nor <unk> unless `unknown` (SCST's sampling may: it learns from what the
+    model would say); at the last step only <end> is left."""
     logp = logp.clone()
     if last:
         end = logp[:, vocab.end_id].clone()
         logp.fill_(float("-inf"))
         logp[:, vocab.end_id] = end
     else:
-        logp[:, [vocab.pad_id, vocab.start_id]] = float("-inf")
+        logp[:, [vocab.pad_id, vocab.start_id] + ([] if unknown else [vocab.unk_id])] = float("-inf")
     return logp
 
 
@@ -255,7 +256,7 @@ def sample(
     ids, logps = [], []
     for t in range(max_len + 1):  # up to max_len words, then <end>
         logp, state, _ = decoder.step(tokens, state)
-        logp = torch.log_softmax(_allowed(logp.float(), vocab, last=t == max_len), dim=-1)  # renormalised
+        logp = torch.log_softmax(_allowed(logp.float(), vocab, last=t == max_len, unknown=True), dim=-1)
         tokens = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
         chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
         ids.append(torch.where(alive, tokens, torch.full_like(tokens, vocab.pad_id)))

@@ -222,3 +222,21 @@ def test_blocked_captions_never_repeat_three_words(vocab, decoder):
         beam_search(model.decoder, feats, vocab, _cfg(beam_size=3, max_len=15, block_repeats=True)),
     ):
         assert all(not repeated_ngrams(h.ids) for hs in hyps for h in hs)
+
+
+@pytest.mark.parametrize("decoder", ["showtell", "attention"])
+def test_decoding_never_says_unknown_even_when_the_model_prefers_it(vocab, decoder):
+    model = _model(vocab, decoder)
+    with torch.no_grad():
+        model.decoder.fc.bias[vocab.unk_id] = 50.0  # <unk> is by far the likeliest word at every step
+    feats = _feats(decoder)
+    for method in ("greedy", "beam"):
+        for hyp in [h for hyps in _decode(model, feats, vocab, method) for h in hyps]:
+            assert vocab.unk_id not in hyp.ids and "<unk>" not in hyp.text and hyp.ids[-1] == vocab.end_id
+
+
+def _decode(model, feats, vocab, method):
+    cfg = _cfg(method=method, beam_size=3)
+    if method == "greedy":
+        return [[h] for h in greedy(model.decoder, feats, vocab, cfg)]
+    return beam_search(model.decoder, feats, vocab, cfg)
