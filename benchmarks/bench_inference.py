@@ -1,7 +1,12 @@
-"""Inference speed: single-image latency (p50/p95) for greedy and beam 3, and batch throughput.
+"""Single-image latency of the shipped model against the seed's pipeline, interleaved call by call in one process.
 
-Run: .venv/bin/python -m benchmarks.bench_inference [--repeats 20] [--backbones efficientnet_lite0 resnet50]
-Random weights (timing only); every backbone is measured in the same run, on the same images.
+Run: .venv/bin/python -m benchmarks.bench_inference [--repeats 40] [--checkpoint captioning/shipped/default.pt]
+     [--quality ../shared/data/coco]   (also what the int8 decoder costs on val)
+
+The seed's pipeline is ResNet-50 (random weights: timing only) + the Show-and-Tell LSTM, greedy, with its decoder
+biased to end captions after about 10 words as a trained one does. Each variant of the shipped model (beam 3, the
+default decoding) is timed on the same image right after the seed, every call, so a noisy machine slows both;
+the ratio reported is the median of those paired ratios. Each time is split into preprocessing, encoder, decoder.
 """
 
 from __future__ import annotations
@@ -9,63 +14,122 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
-from PIL import Image
 
+from captioning.checkpoint import SHIPPED
 from captioning.config import DecodeConfig, ModelConfig
+from captioning.data import load_image
 from captioning.inference import Captioner
 from captioning.model import CaptionModel
-from captioning.vocab import SPECIALS, Vocabulary
+
+SAMPLE_VAL = Path(__file__).resolve().parent.parent / "captioning" / "sample" / "val"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+def seed_pipeline(vocab, backbone: str = "resnet50", decoder: str = "showtell") -> Captioner:
+    """Random weights whose captions end after about 10 words, as a trained model's do."""
+    cfg = ModelConfig(backbone=backbone, decoder=decoder, vocab_size=len(vocab))
+    model = CaptionModel.create(cfg, pretrained=False)
+    with torch.no_grad():
+        model.decoder.fc.weight.mul_(0.01)
+        model.decoder.fc.bias.zero_()
+        model.decoder.fc.bias[vocab.end_id] = math.log(0.1 / 0.9 * (len(vocab) - 1))
+    return Captioner(model, vocab, device="cpu")
+
+
+def variants(checkpoint: Path, workdir: Path) -> dict[str, Captioner]:
+    """The shipped model as it runs, and with each lever that was measured."""
+    from captioning.export import ExportedModel, export, paths
+
+    shipped = Captioner.from_checkpoint(checkpoint, device="cpu")
+    out = {"shipped (PyTorch)": shipped}
+    files = export(checkpoint, workdir / "model.onnx")
+    onnx_encoder = Captioner(ExportedModel(paths(files["encoder"]), shipped.model.cfg), shipped.vocab, "cpu",
+                             shipped.info, shipped.decoder)  # fmt: skip
+    out["shipped, encoder in onnxruntime"] = onnx_encoder
+    last = Captioner.from_checkpoint(checkpoint, device="cpu")
+    last.model.backbone.to(memory_format=torch.channels_last)
+    out["shipped, channels_last"] = last
+    int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
+    int8.decoder = quantized(int8.decoder)
+    out["shipped, int8 decoder"] = int8
+    out["Lite0 + attention (random weights)"] = seed_pipeline(shipped.vocab, "efficientnet_lite0", "attention")
+    return out
+
+
+def quantized(decoder: torch.nn.Module) -> torch.nn.Module:
+    """The decoder with int8 weights for its Linear and LSTM layers (dynamic quantization): a quarter of the
+    bytes read at every step, which is what a batch of 3 beams waits on."""
+    return torch.ao.quantization.quantize_dynamic(decoder, {torch.nn.Linear, torch.nn.LSTMCell, torch.nn.LSTM})
+
+
+def quality(checkpoint: Path, root: Path, split: str) -> None:
+    """What the int8 decoder costs: both decoders scored on the same images, and how many captions changed."""
+    from captioning.data import CocoSplit
+    from captioning.evaluate import evaluate
+
+    images = CocoSplit.load(root, split)
+    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu")
+    int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
+    int8.decoder = quantized(int8.decoder)
+    (a, pa, _), (b, pb, _) = (evaluate(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
+    same = sum(pa[i] == pb[i] for i in pa)
+    print(f"{split} ({a['images']} images, default decoding): CIDEr {a['CIDEr']:.4f} fp32, {b['CIDEr']:.4f} int8; "
+          f"BLEU-4 {a['BLEU-4']:.4f}, {b['BLEU-4']:.4f}; {same} of {len(pa)} captions the same")  # fmt: skip
+
+
+def timed(captioner: Captioner, image, decoding: DecodeConfig) -> tuple[float, float, float]:
+    """(preprocessing, encoder, decoder) seconds of one image."""
+    t0 = time.perf_counter()
+    pixels = captioner.preprocess(image).unsqueeze(0)
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        feats = captioner.encode(pixels)
+    t2 = time.perf_counter()
+    captioner.caption_features(feats, decoding)
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
-    parser.add_argument("--decoder", default="showtell", choices=["showtell", "attention"])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
+    parser.add_argument("--quality", type=Path, metavar="COCO_ROOT", help="also score fp32 and int8 decoders on val")
     args = parser.parse_args()
+    if args.quality:
+        quality(args.checkpoint, args.quality, "val")
+    warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    vocab = Vocabulary(list(SPECIALS) + [f"w{i}" for i in range(1500)])  # a COCO-sample-sized vocabulary
-    images = [Image.new("RGB", (640, 480), (i * 40 % 255, 120, 200)) for i in range(args.batch)]
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder {args.decoder}, "
-        f"vocab {len(vocab)}, max_len 20"
-    )
-    print(f"{'backbone':20s} {'method':8s} {'p50 ms':>8s} {'p95 ms':>8s} {'batch img/s':>12s}")
-    for name in args.backbones:
-        cfg = ModelConfig(backbone=name, decoder=args.decoder, vocab_size=len(vocab))
-        model = CaptionModel.create(cfg, pretrained=False)
-        with torch.no_grad():  # random weights, but captions end after ~10 words as a trained model's do
-            model.decoder.fc.weight.mul_(0.01)
-            model.decoder.fc.bias.zero_()
-            model.decoder.fc.bias[vocab.end_id] = math.log(0.1 / 0.9 * (len(vocab) - 1))
-        captioner = Captioner(model, vocab, device="cpu")
-        captioner.caption(images[:2], DecodeConfig(name_novel=False))  # warm-up
-        for method, beam in (("greedy", 1), ("beam", 3)):
-            times = []
-            for r in range(args.repeats):
-                t = time.perf_counter()
-                captioner.caption(
-                    [images[r % len(images)]], DecodeConfig(method=method, beam_size=beam, name_novel=False)
-                )
-                times.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            captioner.caption(
-                images, DecodeConfig(method=method, beam_size=beam, name_novel=False), batch_size=args.batch
-            )
-            throughput = len(images) / (time.perf_counter() - t)
-            print(
-                f"{name:20s} {method + str(beam if method == 'beam' else ''):8s} {statistics.median(times):8.1f} "
-                f"{_percentile(times, 0.95):8.1f} {throughput:12.1f}"
-            )
+    images = [load_image(p) for p in sorted(SAMPLE_VAL.glob("*.jpg"))[:8]]
+    with tempfile.TemporaryDirectory() as tmp:
+        shipped = variants(args.checkpoint, Path(tmp))
+        seed = seed_pipeline(next(iter(shipped.values())).vocab)
+        greedy, default = DecodeConfig(method="greedy", name_novel=False, block_repeats=False), DecodeConfig()
+        for c in shipped.values():  # warm-up
+            timed(c, images[0], default)
+        timed(seed, images[0], greedy)
+        seed_times, times = [], {name: [] for name in shipped}
+        for r in range(args.repeats):
+            image = images[r % len(images)]
+            for name, captioner in shipped.items():
+                base = timed(seed, image, greedy)
+                seed_times.append(base)
+                times[name].append((timed(captioner, image, default), sum(base)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, one COCO-sample image a call, "
+          f"{args.repeats} calls each, interleaved with the seed's")  # fmt: skip
+    print(f"{'pipeline':34s} {'p50 ms':>8s} {'pre':>6s} {'enc':>6s} {'dec':>6s} {'x seed (paired median)':>24s}")
+    cols = [statistics.median(t[j] for t in seed_times) * 1000 for j in range(3)]
+    print(f"{'seed: ResNet-50 + greedy':34s} {statistics.median(sum(t) for t in seed_times) * 1000:8.1f} "
+          + " ".join(f"{c:6.1f}" for c in cols) + f" {1.0:24.2f}")  # fmt: skip
+    for name, rows in times.items():
+        cols = [statistics.median(t[j] for t, _ in rows) * 1000 for j in range(3)]
+        ratio = statistics.median(sum(t) / base for t, base in rows)
+        print(f"{name + ', beam 3':34s} {statistics.median(sum(t) for t, _ in rows) * 1000:8.1f} "
+              + " ".join(f"{c:6.1f}" for c in cols) + f" {ratio:24.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
