@@ -1,6 +1,6 @@
 """Folder captioning: images/s through the batch path (`caption FOLDER`) against one call per image, side by side.
 
-Run: .venv/bin/python -m benchmarks.bench_batch [--images 200] [--batch-size 16] [--chunk 20]
+Run: .venv/bin/python -m benchmarks.bench_batch [--images 200] [--batch-size 4] [--chunk 20]
 
 The images (the embedded sample's, repeated to --images) are cut into chunks; each chunk goes through both paths,
 one after the other, alternating which goes first, so a noisy machine slows both alike. Default decoding.
@@ -22,7 +22,7 @@ from captioning.inference import Captioner
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=20)
     parser.add_argument("--checkpoint", type=Path)
     args = parser.parse_args()
