@@ -57,6 +57,8 @@ def variants(checkpoint: Path, workdir: Path) -> dict[str, Captioner]:
     int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
     int8.decoder = quantized(int8.decoder)
     out["shipped, int8 decoder"] = int8
+    both = Captioner(onnx_encoder.model, shipped.vocab, "cpu", shipped.info, quantized(shipped.model.decoder))
+    out["shipped, onnxruntime encoder + int8 decoder"] = both
     out["Lite0 + attention (random weights)"] = seed_pipeline(shipped.vocab, "efficientnet_lite0", "attention")
     return out
 

@@ -109,6 +109,9 @@ class _Session:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # its threads would otherwise spin after each run, taking the cores from PyTorch's decoding (measured:
+        # the beam search took twice as long right after an onnxruntime encoder)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -247,7 +247,7 @@ def test_upload_a_dataset_browse_it_fine_tune_on_it_and_caption_with_the_result(
         page.get_by_role("link", name="Fine tune").click()
         _choose(page, "Dataset", "my-shapes (csv)")
         page.get_by_role("textbox", name="Run name").fill("shapes-run")
-        page.get_by_role("spinbutton", name="How many").fill("30")
+        page.get_by_role("spinbutton", name="How many").fill("12")
         page.get_by_role("button", name="Fine-tune on train").click()
         expect(page.get_by_text("Run shapes-run finished")).to_be_visible()
         settle(page)

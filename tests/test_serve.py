@@ -87,7 +87,7 @@ def test_health_models_and_docs(server):
 def test_images_that_arrive_together_are_batched(tiny_checkpoint):
     from captioning.inference import Captioner
 
-    batcher = Batcher(Captioner.from_checkpoint(tiny_checkpoint, device="cpu"), wait_s=0.2)
+    batcher = Batcher(Captioner.from_checkpoint(tiny_checkpoint, device="cpu"), max_batch=8, wait_s=0.2)
     pixels = torch.rand(3, 224, 224)
 
     async def together():

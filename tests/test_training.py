@@ -236,13 +236,13 @@ def test_short_real_run_on_the_coco_sample(tmp_path):
     (tmp_path / "train.txt").write_text("\n".join(map(str, train_ids)))
     (tmp_path / "val.txt").write_text("\n".join(map(str, val_ids)))
     cfg = TrainConfig.of(coco_root=str(SHARED_COCO), out=str(tmp_path / "run"), train_ids=str(tmp_path / "train.txt"),
-                      val_ids=str(tmp_path / "val.txt"), epochs=3, batch_size=20, vocab_threshold=3,
+                      val_ids=str(tmp_path / "val.txt"), epochs=2, batch_size=20, vocab_threshold=3,
                       cache_dir=str(tmp_path / "cache"), log_every=10, seed=0)  # fmt: skip
     epochs = []
     result = fit(cfg, Callbacks(on_epoch=epochs.append))
     steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
-    assert result.step == 300 and result.status == "finished"  # 2,000 captions / 20 = 100 steps an epoch
-    assert steps[-1]["loss"] < steps[0]["loss"] - 1.5
+    assert result.step == 200 and result.status == "finished"  # 2,000 captions / 20 = 100 steps an epoch
+    assert steps[-1]["loss"] < steps[0]["loss"] - 1.0  # 5.0 -> 3.7 in 200 steps
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"] and epochs[-1]["CIDEr"] > epochs[0]["CIDEr"]
     val = CocoSplit.load(SHARED_COCO, "val")
     caption = Captioner.from_checkpoint(tmp_path / "run" / "best.pt").caption([load_image(val.files[val_ids[0]])])
