@@ -135,3 +135,44 @@ def add_convert(sub) -> None:
     add_train_arguments(p, only=DATA_FLAGS, fill=True)
     p.add_argument("--to", type=Path, required=True, help="the COCO root to write (its splits must not exist yet)")
     p.set_defaults(func=cmd_convert)
+
+
+def cmd_holdout(args: argparse.Namespace) -> int:
+    import random
+
+    from captioning.io import atomic_write_text
+
+    split = open_split(args.coco_root, args.split, args.format, read_options(args))
+    ids = sorted(split.ids)
+    if not 0 < args.size < len(ids):
+        raise ValueError(f"--size must be between 1 and {len(ids) - 1} (split {args.split} has {len(ids)} images)")
+    held = sorted(random.Random(args.seed).sample(ids, args.size))
+    chosen = set(held)
+    files = {args.out / f"{args.split}-heldout-ids.txt": held, args.out / f"{args.split}-rest-ids.txt": ids}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, listed in files.items():
+        keep = listed if listed is held else [i for i in listed if i not in chosen]
+        atomic_write_text(path, "".join(f"{i}\n" for i in keep))
+        print(f"{len(keep):,} ids -> {path}")
+    heldout, rest = files
+    print(
+        f"train on the rest with --train-ids {rest}; score on the held-out images with "
+        f"evaluate --split {args.split} --ids-file {heldout}"
+    )
+    return 0
+
+
+def add_holdout(sub) -> None:
+    p = sub.add_parser(
+        "holdout",
+        help="carve a fixed, seeded held-out set of image ids from a split",
+        description="Pick --size images of a split at random (seeded: the same ids every time for the same split) "
+        "and write their ids and the rest's, so that a model trained on the rest can be scored on images no "
+        "decision has seen: a second held-out split beside val.",
+    )
+    add_train_arguments(p, only=DATA_FLAGS, fill=True)
+    p.add_argument("--split", default="train", help="the split to carve from (default train)")
+    p.add_argument("--size", type=positive, default=300, help="held-out images (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for SPLIT-heldout-ids.txt and SPLIT-rest-ids.txt")
+    p.set_defaults(func=cmd_holdout)

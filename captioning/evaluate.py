@@ -8,7 +8,7 @@ from captioning.config import DecodeConfig
 from captioning.data import CocoSplit, warn_skipped
 from captioning.inference import Captioner
 from captioning.loader import batches
-from captioning.metrics import IdfSet, idf_set, score_captions
+from captioning.metrics import CaptionScores, IdfSet, idf_set, score_captions
 
 
 def caption_split(
@@ -43,10 +43,28 @@ def evaluate(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], dict[int, str], list[str]]:
     """Corpus scores (keys BLEU-1..4, METEOR, ROUGE-L, CIDEr, images), captions, notes."""
+    scores, preds = score_split(captioner, split, decoding, limit, meteor, on_batch)
+    return {**scores.corpus, "images": len(preds)}, preds, scores.notes
+
+
+def score_split(
+    captioner: Captioner,
+    split: CocoSplit,
+    decoding: DecodeConfig = DecodeConfig(),
+    limit: int | None = None,
+    meteor: bool | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    idf: dict[int, list[str]] | IdfSet | None = None,
+) -> tuple[CaptionScores, dict[int, str]]:
+    """Caption the split's first `limit` images (all when None) and score them, per image as well as over the
+    corpus (what `bootstrap` resamples). CIDEr's document frequencies come from `idf` when given (another split's
+    references: `--cider-df`), else from the scored images' own references, as COCO's evaluation does."""
     ids = split.ids[:limit] if limit else split.ids
     preds = caption_split(captioner, split, ids, decoding, on_batch=on_batch)
-    scores = score_captions(preds, {i: split.captions[i] for i in preds}, meteor=meteor)
-    return {**scores.corpus, "images": len(preds)}, preds, scores.notes
+    if not preds:
+        raise ValueError(f"no image of split {split.split} could be read and captioned")
+    references = {i: split.captions[i] for i in preds}
+    return score_captions(preds, references, meteor=meteor, idf_references=idf), preds
 
 
 def score_images(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer, precook
 from pycocoevalcap.meteor.meteor import Meteor
@@ -40,6 +40,9 @@ class CaptionScores:
     # Sentences on why a metric is missing or approximate, to show the user.
     notes: list[str] = field(default_factory=list)
     images: int = 0
+    # image id -> BLEU's counts (testlen, reflen, guessed 1..4-grams, correct 1..4-grams): corpus BLEU is computed
+    # from their sums, not as a mean, and `bootstrap` resamples them
+    bleu_counts: dict[int, list[float]] = field(default_factory=dict)
 
 
 def java_available() -> bool:
@@ -283,7 +286,7 @@ def score_captions(
 
     corpus: dict[str, float] = {}
     per_name: dict[str, list[float]] = {}
-    bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    bleu, bleu_per_image, bleu_counts = _bleu(gts, res)
     for k, name in enumerate(_BLEU_NAMES):
         corpus[name], per_name[name] = bleu[k], bleu_per_image[k]
     if meteor is not False:
@@ -300,4 +303,19 @@ def score_captions(
 
     names = [n for n in METRIC_NAMES if n in corpus]
     per_image = {i: {n: float(per_name[n][k]) for n in names} for k, i in enumerate(gts)}
-    return CaptionScores({n: float(corpus[n]) for n in names}, per_image, notes, len(gts))
+    return CaptionScores({n: float(corpus[n]) for n in names}, per_image, notes, len(gts), bleu_counts)
+
+
+def _bleu(
+    gts: dict[int, list[str]], res: dict[int, list[str]]
+) -> tuple[list[float], list[list[float]], dict[int, list[float]]]:
+    """pycocoevalcap's BLEU-1..4 as its `Bleu` scores them (closest reference length), with each image's counts."""
+    scorer = BleuScorer(n=4)
+    for i in gts:
+        scorer += (res[i][0], gts[i])
+    corpus, per_image = scorer.compute_score(option="closest", verbose=0)
+    counts = {}
+    for i, comps in zip(gts, scorer.ctest, strict=True):
+        reflen = scorer._single_reflen(comps["reflen"], "closest", comps["testlen"])  # noqa: SLF001
+        counts[i] = [comps["testlen"], reflen, *comps["guess"], *comps["correct"]]
+    return corpus, per_image, counts
