@@ -4,12 +4,14 @@ import streamlit as st
 
 from app import ui
 from app.render import (
+    NAMED_HELP,
+    SCORE_HELP,
+    WORD_PROBS_HELP,
     alternatives_frame,
     attention_overlay,
     captions_csv,
     captions_frame,
     word_confidence_html,
-    word_probability_chart,
 )
 from app.uploads import IMAGE_UPLOADS, MAX_FILES
 
@@ -58,12 +60,18 @@ for k, result in enumerate(results):
     cap = result.caption
     left, right = box.columns([2, 3])
     left.image(result.thumbnail, caption=ui.plain(result.name), width="stretch")
-    right.markdown(f"### {ui.plain(cap.text, 300)}")  # words come from the checkpoint's vocabulary: text, not markup
-    right.html(word_confidence_html(cap.words, cap.word_probs))
+    shown = cap.text + (" \u2026" if cap.cut else "")  # "..." where the maximum length cut the caption
+    right.markdown(f"### {ui.plain(shown, 300)}")  # words come from the checkpoint's vocabulary: text, not markup
+    if cap.doubts:
+        right.warning(ui.plain(cap.unsure, 400), icon=":material/help:")
+    if cap.cut:
+        right.caption("The caption reached the maximum length before it ended (raise it in the sidebar).")
+    right.html(word_confidence_html(cap.words, cap.word_probs, cap.named_at))
+    right.caption(WORD_PROBS_HELP + (NAMED_HELP if cap.named else ""))
     if cap.tags:
         seen = " \u00b7 ".join(f"{ui.plain(label, 40)} {100 * p:.0f}%" for label, p in cap.tags)
         right.caption(
-            f"What the encoder sees: {seen}",
+            f"What the encoder sees (ImageNet class probabilities): {seen}",
             help="the frozen CNN's own ImageNet classes for this image, with their probabilities",
         )
     if cap.named:
@@ -72,20 +80,20 @@ for k, result in enumerate(results):
     if result.name in references:
         right.markdown("**Reference captions** (written by people for COCO)")
         right.markdown("\n".join(f"- {ui.plain(r, 200)}" for r in references[result.name]))
-    tabs = right.tabs(["Word probabilities", "Alternatives"] + (["Attention"] if cap.attention else []))
-    tabs[0].altair_chart(word_probability_chart(cap.words, cap.word_probs), width="stretch")
-    if len(cap.alternatives) > 1:
-        tabs[1].dataframe(alternatives_frame(cap), hide_index=True)
+    tabs = right.tabs(["Alternatives"] + (["Attention"] if cap.attention else []))
+    if len(cap.alternatives) > 1 or cap.named:
+        tabs[0].dataframe(alternatives_frame(cap), hide_index=True)
+        tabs[0].caption(SCORE_HELP)
     else:
-        tabs[1].caption("Beam search (beam size 2 or more) gives alternative captions with their scores.")
+        tabs[0].caption("Beam search (beam size 2 or more) gives alternative captions with their scores.")
     if cap.attention:
-        i = tabs[2].select_slider(
+        i = tabs[1].select_slider(
             "Word",
             range(len(cap.words)),
             format_func=lambda j, words=cap.words: f"{j + 1}. {words[j]}",
             key=f"attention-{k}-{result.name}",
         )
-        tabs[2].image(
+        tabs[1].image(
             attention_overlay(result.image, cap.attention[i]),
             width=320,
             caption=f"Where the model looked for \u201c{ui.plain(cap.words[i], 40)}\u201d (centre crop it sees)",

@@ -42,10 +42,11 @@ SCAN_LIMIT = 20_000  # directory entries a dataset listing looks at for sidecar 
 class ModelEntry:
     """A checkpoint the app can caption with."""
 
-    label: str
+    label: str  # the name (and a run's status): short enough for the sidebar's box
     path: Path
     run: str | None  # None for the shipped default
     cider: float | None
+    score: str = ""  # "val CIDEr 0.828 (250 images, beam)": what the score was measured on, "" where unrecorded
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RunEntry:
     name: str
     metrics: Path
     status: str  # "finished", "stopped", "early_stopped", "running" (or interrupted), "unknown"
+    checkpoint: Path | None = None  # where its best.pt is (the shipped model's file), whether or not it is there yet
 
 
 def default_log(checkpoint: Path | None = None) -> Path:
@@ -263,19 +265,22 @@ class _ByStat:
             self.kept = {k: v for k, v in self.kept.items() if k in listed}
 
 
-def _read_val_score(path: Path) -> tuple[float | None, str | None]:
-    """(validation CIDEr, the decoding it was measured with: "greedy" or "beam"), None where unrecorded."""
+def _read_val_score(path: Path) -> tuple[float | None, str | None, int | None]:
+    """(validation CIDEr, the decoding it was measured with: "greedy" or "beam", how many images), None where
+    unrecorded."""
     try:
         val = read_metrics(path).get("val")
     except CheckpointError:
-        return None, None
+        return None, None, None
     val = val if isinstance(val, dict) else {}
-    value, method = val.get("CIDEr"), val.get("method")
+    value, method, images = val.get("CIDEr"), val.get("method"), val.get("images")
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return (float(value) if number else None), (method[:20] if isinstance(method, str) else None)
+    counted = isinstance(images, int) and not isinstance(images, bool) and images > 0
+    return (float(value) if number else None), (method[:20] if isinstance(method, str) else None), (
+        images if counted else None)  # fmt: skip
 
 
-_scores = _ByStat(_read_val_score)  # best.pt -> (CIDEr, method)
+_scores = _ByStat(_read_val_score)  # best.pt -> (CIDEr, method, images)
 _statuses = _ByStat(lambda path: rundir.run_status(path))  # metrics.jsonl -> how its log ends
 _formats = _ByStat(_detect, listing_stamp)  # dataset path -> its format, or None
 
@@ -300,13 +305,13 @@ def list_checkpoints(runs: Path | None = None) -> list[ModelEntry]:
     default = default_checkpoint()
     score = _scores(default)
     if score is not None:
-        entries.append(ModelEntry(_label("Shipped model", *score), default, None, score[0]))
+        entries.append(ModelEntry("Shipped model", default, None, score[0], score_text(*score)))
     for run in _listing(runs):
         score = _scores(run.best)
         if score is not None:
             status = _status(run) or rundir.UNKNOWN
-            label = _label(run.name, *score) + ("" if status in (rundir.FINISHED, "unknown") else f" [{status}]")
-            entries.append(ModelEntry(label, run.best, run.name, score[0]))
+            label = run.name + ("" if status in (rundir.FINISHED, "unknown") else f" [{status}]")
+            entries.append(ModelEntry(label, run.best, run.name, score[0], score_text(*score)))
     return entries
 
 
@@ -315,19 +320,21 @@ def list_runs(runs: Path | None = None) -> list[RunEntry]:
     entries = []
     log = default_log()
     if log.is_file():
-        entries.append(RunEntry("shipped model", log, rundir.run_status(log)))
+        entries.append(RunEntry("shipped model", log, rundir.run_status(log), default_checkpoint()))
     for run in _listing(runs):
         status = _status(run)
         if status is not None:
-            entries.append(RunEntry(run.name, run.metrics, status))
+            entries.append(RunEntry(run.name, run.metrics, status, run.best))  # stat only when chosen: 1,000s of runs
     return entries
 
 
-def _label(name: str, cider: float | None, method: str | None = None) -> str:
-    """ "run (val CIDEr 0.706, greedy)": the decoding matters, since Home decodes with beam 3 by default."""
+def score_text(cider: float | None, method: str | None = None, images: int | None = None) -> str:
+    """ "val CIDEr 0.706 (60 images, greedy)": the images and the decoding, since scores on different images or
+    decodings do not compare (Home decodes with beam 3 by default); "" without a score."""
     if cider is None:
-        return name
-    return f"{name} (val CIDEr {cider:.3f}, {method})" if method else f"{name} (val CIDEr {cider:.3f})"
+        return ""
+    how = ", ".join(x for x in (f"{images} images" if images else "", method or "") if x)
+    return f"val CIDEr {cider:.3f}" + (f" ({how})" if how else "")
 
 
 def is_app_run(run: rundir.RunDir) -> bool:

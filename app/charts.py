@@ -75,6 +75,10 @@ def runs_summary(runs: dict[str, list[dict]]) -> pd.DataFrame:
         scored = [r for r in records if r.get("kind") == "epoch" and "CIDEr" in r]
         best = max(scored, key=lambda r: r["CIDEr"], default=None)
         scst = [r for r in records if r.get("event") == "scst_start"]
+        began = min((r.get("step", 0) for r in records if r.get("phase") == "scst"), default=None)
+        if not scst and began is not None:  # an older log without the event: SCST began from the best
+            before = [r for r in scored if r.get("step", 0) <= began]  # cross-entropy epoch, by default
+            scst = [{"from_epoch": max(before, key=lambda r: r["CIDEr"]).get("epoch")}] if before else []
         rows.append(
             {
                 "run": name,

@@ -91,8 +91,10 @@ class JobStatus:
             done, total, name = self.stage["done"], self.stage["total"], str(self.stage["stage"])
             doing = "Validating" if name == "validation" else f"Extracting image features ({name.split()[-1]})"
             return f"{doing}: {done:,} of {total:,} images"
-        if self.state == "starting":
-            return "Starting: loading the model and the data"
+        if self.state == "starting" or (self.state == "running" and not self.steps):
+            return (
+                "Preparing: loading the model, reading the captions, extracting image features (the first step follows)"
+            )
         text = f"{self.state.capitalize()}: step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
         eta = self.eta_s
         if eta is not None and self.state == "running":

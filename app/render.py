@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import re
 
-import altair as alt
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -40,10 +39,32 @@ def plain(text: str, limit: int = 80) -> str:
     return _AUTOLINK.sub("\u2060", text)
 
 
+# What each number means, its scale and which way is better: one plain sentence, shown wherever the number is.
+METRIC_HELP = {
+    "loss": "Loss: cross-entropy, how surprised the model is by the next word of a training caption (lower is "
+    "better; about 7.3 for guessing among 1,445 words, around 2 for a trained model).",
+    "perplexity": "Perplexity: e to the loss, roughly how many words the model hesitates between at each step "
+    "(lower is better; 1 would be certain).",
+    "BLEU-4": "BLEU-4: how many 1- to 4-word sequences the caption shares with the people's captions, 0 to 1 "
+    "(higher is better; 0 whenever no 4-word sequence matches, so one image often scores 0).",
+    "CIDEr": "CIDEr: agreement with the people's captions, weighting words that are rare in the dataset, usually "
+    "0 to about 3 (higher is better; about 1 is a good COCO model, and one image can score well above 1).",
+    "reward": "Reward: the CIDEr-D of the captions the model sampled during self-critical training, measured "
+    "against their images' captions (higher is better).",
+}
+WORD_PROBS_HELP = "Each word's percentage is the probability the decoder gave it (darker: surer)."
+NAMED_HELP = " The dashed word is the encoder's: its percentage is the ImageNet class's probability."
+SCORE_HELP = (
+    "Score: the caption's mean log-probability per word, from the decoder (0 is the most it can be; nearer 0 is "
+    "surer). The first row is the caption shown above."
+)
+
+
 def captions_frame(results: list[UploadResult]) -> pd.DataFrame:
-    """file, caption: one row per uploaded file, the reason instead of a caption where it failed."""
+    """file, caption, unsure: one row per uploaded file, the reason instead of a caption where it failed."""
     captions = [r.caption.text if r.caption else f"(not captioned: {r.error})" for r in results]
-    return pd.DataFrame({"file": [r.name for r in results], "caption": captions})
+    unsure = [r.caption.unsure if r.caption else "" for r in results]
+    return pd.DataFrame({"file": [r.name for r in results], "caption": captions, "unsure": unsure})
 
 
 def captions_csv(results: list[UploadResult]) -> bytes:
@@ -52,40 +73,32 @@ def captions_csv(results: list[UploadResult]) -> bytes:
 
 
 def alternatives_frame(caption: Caption) -> pd.DataFrame:
-    """Beam search's captions, best first, with their length-normalised log-probability scores."""
-    rows = [
-        {"caption": h.text, "score (mean log-probability per word)": round(h.score, 3)} for h in caption.alternatives
-    ]
+    """The caption shown first (the subject named by the encoder, where it was), then beam search's other
+    captions, best first, each with its length-normalised log-probability score and where it came from."""
+    shown = "shown: the decoder's best" + (", subject named by the encoder" if caption.named else "")
+    rows = [{"caption": caption.text, "score": round(caption.score, 3), "from": shown}]
+    rows += [{"caption": h.text, "score": round(h.score, 3), "from": "beam search"} for h in caption.alternatives[1:]]
+    if caption.named and caption.alternatives:
+        rows.insert(1, {"caption": caption.alternatives[0].text, "score": round(caption.alternatives[0].score, 3),
+                        "from": "the decoder's best, as it said it"})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def word_confidence_html(words: list[str], probs: list[float]) -> str:
-    """Each word on a chip shaded by its probability (darker = more confident), the % beneath."""
+def word_confidence_html(words: list[str], probs: list[float], named_at: int | None = None) -> str:
+    """Each word on a chip shaded by its probability (darker = more confident), the % beneath; the word at
+    `named_at` (named by the encoder: its % is a class probability) has a dashed outline."""
     chips = []
-    for word, p in zip(words, probs, strict=True):
+    for i, (word, p) in enumerate(zip(words, probs, strict=True)):
         text_colour = "#ffffff" if p > 0.55 else "#1f2937"
+        what = "the encoder's class probability" if i == named_at else "the decoder's word probability"
+        border = "border:2px dashed #b45309;" if i == named_at else ""
         chips.append(
-            f'<span title="p = {p:.3f}" style="display:inline-block;text-align:center;margin:2px;'
+            f'<span title="{what}: {p:.3f}" style="display:inline-block;text-align:center;margin:2px;{border}'
             f"padding:3px 8px;border-radius:8px;background:rgba(37,99,235,{0.08 + 0.87 * p:.2f});"
             f'color:{text_colour};font-size:1.05rem">{html.escape(word)}'
             f'<br><span style="font-size:0.7rem">{100 * p:.0f}%</span></span>'
         )
     return '<div style="line-height:1.2">' + "".join(chips) + "</div>"
-
-
-def word_probability_chart(words: list[str], probs: list[float]) -> alt.Chart:
-    """A bar per generated word, in caption order, of the probability the model gave it."""
-    df = pd.DataFrame({"position": range(1, len(words) + 1), "word": words, "probability": probs})
-    df["label"] = [f"{i}. {w}" for i, w in zip(df.position, df.word, strict=True)]
-    return (
-        alt.Chart(df, height=alt.Step(24))  # a fixed row height: every word keeps its label
-        .mark_bar(color="#2563eb")
-        .encode(
-            y=alt.Y("label:N", sort=list(df.label), title=None),
-            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            tooltip=["word", alt.Tooltip("probability:Q", format=".1%")],
-        )
-    )
 
 
 def center_square(image: Image.Image) -> Image.Image:
@@ -124,15 +137,34 @@ def tile_text(label: int | str, references: list[str], score: dict | None) -> st
     if score is None:
         return f"**{name}** {plain(references[0] if references else '', 200)}"
     caption = plain(score["caption"], 200)
-    return f"**{name}** _{caption}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}"
+    return (f"**{name}** Model: _{caption}_ \u2014 CIDEr {score['CIDEr']:.2f}, BLEU-4 {score['BLEU-4']:.2f}  \n"
+            f"Reference: {plain(references[0] if references else '', 200)}")  # fmt: skip
+
+
+def word_forms(word: str) -> list[str]:
+    """A word with its English plural or singular: "dog" finds "dogs", "pizzas" finds "pizza", "bus" "buses",
+    "puppy" "puppies" (digits and short words stay as they are)."""
+    if word.isdigit() or len(word) < 3:
+        return [word]
+    forms = {word, word + "s", word + "es"}
+    if word.endswith("ies"):
+        forms.add(word[:-3] + "y")
+    if word.endswith("es"):
+        forms.add(word[:-2])
+    if word.endswith("s"):
+        forms.add(word[:-1])
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    return sorted(forms, key=len, reverse=True)
 
 
 def search_captions(split: CocoSplit, query: str) -> list[int]:
-    """Ids whose reference captions contain every word of `query` (or the id itself, for digits)."""
+    """Ids whose reference captions contain every word of `query`, singular or plural (or the id itself, for
+    digits)."""
     words = re.findall(r"[a-z0-9']+", query.lower())
     if not words:
         return list(split.ids)
     if len(words) == 1 and words[0].isdigit() and int(words[0]) in split.files:
         return [int(words[0])]
-    patterns = [re.compile(rf"\b{re.escape(w)}\b") for w in words]
+    patterns = [re.compile(r"\b(?:" + "|".join(map(re.escape, word_forms(w))) + r")\b") for w in words]
     return [i for i in split.ids if all(any(p.search(c.lower()) for c in split.captions[i]) for p in patterns)]

@@ -101,10 +101,15 @@ def model_picker(required: bool = True) -> catalog.ModelEntry | None:
     if entries[0].run is not None:
         st.sidebar.caption(f"The shipped model `{catalog.default_checkpoint()}` is not there; your runs are listed.")
     labels = [e.label for e in entries]
-    label = st.sidebar.selectbox("Checkpoint", labels, help="The shipped model and every finished run")
-    if len(label) > SIDEBAR_CHARS:  # the narrow sidebar cuts it off in the box: say it whole
-        st.sidebar.caption(plain(label, 200))
-    return entries[labels.index(label)]
+    label = st.sidebar.selectbox(
+        "Checkpoint", labels, help="The shipped model and every finished run; scores name their images and decoding"
+    )
+    entry = entries[labels.index(label)]
+    said = [plain(label, 200)] if len(label) > SIDEBAR_CHARS else []  # the narrow box cuts a long name: say it whole
+    said += [entry.score] if entry.score else []
+    if said:
+        st.sidebar.caption(": ".join(said) if len(said) == 2 else said[0])
+    return entry
 
 
 def _help(name: str) -> str:
@@ -134,6 +139,9 @@ def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.D
         )
         st.stop()
     shown = {str(d.path): d for d in found}
+    linked = st.query_params.get("dataset")  # a link from Browse names its dataset and split: only a listed one
+    if linked in shown and "dataset" not in st.session_state:
+        st.session_state["dataset"] = linked
     if st.session_state.get("dataset") not in shown:
         st.session_state.pop("dataset", None)  # a dataset that went away (or a stale choice): the first one
     chosen = st.sidebar.selectbox(
@@ -147,8 +155,8 @@ def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.D
     dataset = shown[chosen]
     if catalog.is_sample(dataset.path):
         st.sidebar.caption(
-            "The embedded sample: 210 COCO images with free licenses and their official captions "
-            "(attribution in `captioning/sample/ATTRIBUTION.csv`). For full COCO, download it (Browse offers a "
+            "The embedded sample: COCO images with free licenses and their official captions, in a train and a val "
+            "split (attribution in `captioning/sample/ATTRIBUTION.csv`). For full COCO, download it (Browse offers a "
             f"sample of val2017), or run `{DOWNLOAD_HINT.format(root='data/coco')}` and `--split train2017`."
         )
     try:
@@ -161,6 +169,8 @@ def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.D
         why = "has annotation files but none with its image folder beside it" if coco else "has no split with captions"
         st.info(f"`{chosen}` {why}.")
         st.stop()
+    if st.query_params.get("split") in splits and st.query_params.get("dataset", chosen) == chosen:
+        prefer = st.query_params["split"]
     default = splits.index(prefer) if prefer in splits else 0
     return dataset, st.sidebar.selectbox(label, splits, index=default)
 

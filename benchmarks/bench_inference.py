@@ -43,7 +43,7 @@ def seed_pipeline(vocab, backbone: str = "resnet50", decoder: str = "showtell") 
 
 def variants(checkpoint: Path, workdir: Path) -> dict[str, Captioner]:
     """The shipped model as it runs, and with each lever that was measured."""
-    from captioning.export import ExportedModel, export, paths
+    from captioning.export import ExportedModel, export, exported_captioner, paths
 
     shipped = Captioner.from_checkpoint(checkpoint, device="cpu")
     out = {"shipped (PyTorch)": shipped}
@@ -51,6 +51,7 @@ def variants(checkpoint: Path, workdir: Path) -> dict[str, Captioner]:
     onnx_encoder = Captioner(ExportedModel(paths(files["encoder"]), shipped.model.cfg), shipped.vocab, "cpu",
                              shipped.info, shipped.decoder)  # fmt: skip
     out["shipped, encoder in onnxruntime"] = onnx_encoder
+    out["shipped, all in onnxruntime"] = exported_captioner(files["encoder"])
     last = Captioner.from_checkpoint(checkpoint, device="cpu")
     last.model.backbone.to(memory_format=torch.channels_last)
     out["shipped, channels_last"] = last

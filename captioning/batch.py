@@ -22,7 +22,6 @@ from captioning.io import atomic_write_text
 from captioning.loader import batches
 
 ALT_MAX_CHARS = 125  # screen readers' usual advice for alt text
-REVIEW_BELOW = 0.35  # a caption whose words average a lower probability (geometric mean) is flagged for review
 
 
 @dataclass
@@ -81,13 +80,13 @@ class Output:
 
 
 class CsvOutput(Output):
-    HEADER = ("image", "caption", "confidence")
+    HEADER = ("image", "caption", "confidence", "unsure")
 
     def _keys(self, text: str) -> set[str]:
         return {row[0] for row in list(csv.reader(io.StringIO(text)))[1:] if row}
 
     def _row(self, name: str, cap) -> list:
-        return [name, cap.text, f"{confidence(cap):.3f}"]
+        return [name, cap.text, f"{confidence(cap):.3f}", cap.unsure]
 
     def _format(self, rows, new: bool) -> str:
         out = io.StringIO()
@@ -99,9 +98,9 @@ class CsvOutput(Output):
 
 
 class AltTextOutput(CsvOutput):
-    """`file,alt,review`: alt text cut to a length, and "yes" where a person should check it."""
+    """`file,alt,review,why`: alt text cut to a length, "yes" where a person should check it, and why (`doubt`)."""
 
-    HEADER = ("file", "alt", "review")
+    HEADER = ("file", "alt", "review", "why")
 
     def __init__(self, path: Path, max_chars: int = ALT_MAX_CHARS) -> None:
         super().__init__(path)
@@ -109,7 +108,7 @@ class AltTextOutput(CsvOutput):
 
     def _row(self, name: str, cap) -> list:
         text = cap.text if len(cap.text) <= self.max_chars else cap.text[: self.max_chars - 3].rstrip() + "..."
-        return [name, text, "yes" if confidence(cap) < REVIEW_BELOW else ""]
+        return [name, text, "yes" if cap.doubts else "", cap.unsure]
 
 
 class JsonlOutput(Output):
@@ -138,6 +137,8 @@ def record(name: str, cap) -> dict:
         "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
         "tags": [{"label": label, "prob": p} for label, p in cap.tags],  # the encoder's ImageNet top 5
         "named": {"label": cap.named[0], "prob": cap.named[1]} if cap.named else None,
+        "unsure": cap.unsure,  # "" when the model has no reason to doubt the caption
+        "doubts": cap.doubts,
     }
 
 
@@ -180,7 +181,7 @@ def caption_files(
     for batch in batches(todo, {p: p for p in todo}, captioner.preprocess, batch_size, num_workers=num_workers):
         rows = []
         if batch.pixels is not None:
-            caps = captioner.caption_features(captioner.encode(batch.pixels), decoding)
+            caps = captioner.caption_features(captioner.encode(batch.pixels), decoding, batch.pixels)
             rows = [(str(p), cap) for p, cap in zip(batch.keys, caps, strict=True)]
         for out in outputs:
             out.write([(name, cap) for name, cap in rows if not _has(out, Path(name))])

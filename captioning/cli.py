@@ -1,5 +1,5 @@
 """Command line: `python -m captioning COMMAND`, COMMAND one of caption, serve, export, evaluate, build-vocab, download,
-karpathy-split, convert, concept-words, train, extract-features.
+karpathy-split, convert, holdout, concept-words, train, extract-features.
 
 Every subcommand has --help. Bad arguments or inputs exit non-zero with one clear line.
 """
@@ -17,8 +17,9 @@ from captioning.batch import ALT_MAX_CHARS
 from captioning.checkpoint import SHIPPED, CheckpointError, default_checkpoint
 from captioning.config import DEFAULT_CACHE_DIR
 from captioning.data import DatasetError, ImageLoadError, load_image
-from captioning.data_cli import add_build_vocab, add_convert, add_download, add_karpathy_split
+from captioning.data_cli import add_build_vocab, add_convert, add_download, add_holdout, add_karpathy_split
 from captioning.download import DownloadError
+from captioning.evaluate_cli import add_evaluate
 from captioning.flags import (
     DATA_FLAGS,
     add_decode_arguments,
@@ -103,6 +104,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 records.append(batch.record(name, cap))
             else:
                 print(f"{name}: {cap.text}" if len(images) > 1 else cap.text)
+                if cap.doubts:  # on stderr: stdout stays the captions alone, for pipes
+                    print(f"  ({cap.unsure})", file=sys.stderr)
 
     with tqdm(total=len(images), desc="captioning", unit="img", disable=not outputs or None) as bar:
         summary = batch.caption_files(captioner, images, outputs, decoding, args.batch_size, args.num_workers, show)
@@ -124,34 +127,6 @@ def _why_unreadable(name: str) -> str:
     return f"{name} could not be read"
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from captioning.evaluate import evaluate
-
-    decoding = decode_config(args)
-    captioner = _load_captioner(args.checkpoint, args.device, args.ensemble)
-    split = open_split(args.coco_root, args.split, args.format, read_options(args), args.ids_file)
-    n = min(len(split), args.limit) if args.limit else len(split)
-    with tqdm(total=n, desc=f"captioning {args.split}", unit="img", disable=args.json or None) as bar:
-        scores, _, notes = evaluate(
-            captioner,
-            split,
-            decoding,
-            args.limit,
-            meteor=False if args.no_meteor else None,
-            on_batch=lambda done, total: bar.update(done - bar.n),
-        )
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({**scores, "decoding": decoding.to_dict()}))
-    else:
-        for k, v in scores.items():
-            print(f"{k:8s} {v:.4f}" if k != "images" else f"{k:8s} {v}")
-    return 0
-
-
 def add_caption(sub) -> None:
     p = sub.add_parser(
         "caption",
@@ -169,24 +144,14 @@ def add_caption(sub) -> None:
     )
     p.add_argument("--num-workers", type=int, default=0, help="processes that read and preprocess the images")
     p.add_argument("--json", action="store_true", help="print JSON with scores and alternatives")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write a .csv (image,caption,confidence) or a .jsonl")
+    p.add_argument(
+        "--out", type=Path, metavar="FILE", help="write a .csv (image,caption,confidence,unsure) or a .jsonl"
+    )
     p.add_argument("--sidecar", action="store_true", help="write IMAGE.txt beside each image (never over one)")
-    p.add_argument("--alt-text", type=Path, metavar="FILE.csv", help="write file,alt,review for web pages")
+    p.add_argument("--alt-text", type=Path, metavar="FILE.csv", help="write file,alt,review,why for web pages")
     p.add_argument("--alt-max", type=positive, default=ALT_MAX_CHARS, help="alt text's most characters")
     _add_decoding(p)
     p.set_defaults(func=cmd_caption)
-
-
-def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="COCO metrics of a checkpoint on a split")
-    add_train_arguments(p, only=DATA_FLAGS, fill=True)
-    p.add_argument("--split", required=True)
-    p.add_argument("--ids-file", type=Path)
-    p.add_argument("--limit", type=positive, help="only the first N images")
-    p.add_argument("--json", action="store_true", help="print one JSON object of scores")
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~7 s of Java)")
-    _add_decoding(p)
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_concept_words(args: argparse.Namespace) -> int:
@@ -292,6 +257,7 @@ COMMANDS = (
     add_download,
     add_karpathy_split,
     add_convert,
+    add_holdout,
     add_concept_words,
     add_train,
     add_extract_features,

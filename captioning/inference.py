@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from captioning import concepts, naming
+from captioning import concepts, doubt, naming
 from captioning.checkpoint import default_checkpoint, load_checkpoint, model_from_checkpoint
 from captioning.config import DecodeConfig
 from captioning.data import to_rgb
@@ -34,6 +34,14 @@ class Caption:
     grid_size: tuple[int, int] | None = None
     tags: list[tuple[str, float]] = field(default_factory=list)  # what the encoder sees: top ImageNet classes
     named: tuple[str, float] | None = None  # the ImageNet class that named the subject (`naming`), its probability
+    named_at: int | None = None  # the index in `words` of the named noun, whose probability is the class's
+    cut: bool = False  # the caption reached the maximum length, where decoding makes it end
+    doubts: list[str] = field(default_factory=list)  # why not to trust it, in plain words (`doubt`); [] when none
+
+    @property
+    def unsure(self) -> str:
+        """The doubts as one line ("unsure: ..."), "" when there are none."""
+        return doubt.summary(self.doubts)
 
 
 class Captioner:
@@ -110,12 +118,22 @@ class Captioner:
         """
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
-            feats = self.features(images[start : start + batch_size])
-            out += self.caption_features(feats, decoding)
+            chunk = [to_rgb(im) for im in images[start : start + batch_size]]
+            pixels = torch.stack([self.preprocess(im) for im in chunk])
+            sizes = [im.size for im in chunk]
+            out += self.caption_features(self.encode(pixels), decoding, pixels, sizes)
         return out
 
-    def caption_features(self, feats: torch.Tensor, decoding: DecodeConfig) -> list[Caption]:
-        """Captions of a batch of encoded images (`features`, `encode`)."""
+    def caption_features(
+        self,
+        feats: torch.Tensor,
+        decoding: DecodeConfig,
+        pixels: torch.Tensor | None = None,
+        sizes: list[tuple[int, int] | None] | None = None,
+    ) -> list[Caption]:
+        """Captions of a batch of encoded images (`features`, `encode`). `pixels` (the preprocessed batch) and
+        `sizes` (each image's width and height as read), where the caller has them, let the doubts say when an
+        input is unlike a photo."""
         if decoding.guide and not self.can_guide:
             raise ValueError(
                 "guided decoding needs a checkpoint with concept words (python -m captioning concept-words) "
@@ -129,9 +147,21 @@ class Captioner:
         grid = self._grid_size(feats)
         tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
         caps = [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]
+        caps = [replace(c, cut=len(c.words) >= decoding.max_len) for c in caps]  # the decoder was made to end
         if decoding.name_novel and probs is not None:
             caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
-        return caps
+        return [self._doubt(c, None if pixels is None else pixels[i], sizes[i] if sizes else None)
+                for i, c in enumerate(caps)]  # fmt: skip
+
+    def _doubt(self, cap: Caption, pixels: torch.Tensor | None, size: tuple[int, int] | None) -> Caption:
+        reasons = doubt.input_reasons(pixels, size)
+        if cap.named is None:  # a named subject is the encoder's class already
+            found = doubt.encoder_reason(
+                cap.words, cap.tags, concepts.imagenet_labels(), self.info.get("concept_words")
+            )
+            reasons += [found] if found else []
+        low = doubt.decoder_reason(cap.word_probs)
+        return replace(cap, doubts=reasons + ([low] if low else []))
 
     def _name_novel(self, cap: Caption, probs: list[float]) -> Caption:
         """`cap` with its subject named after a confident ImageNet class the vocabulary lacks, if there is one."""
@@ -151,6 +181,7 @@ class Captioner:
             word_probs=naming.apply(cap.word_probs, found, kept, found.prob),
             attention=attention,
             named=(found.label, found.prob),
+            named_at=found.start + 1,
         )
 
     TAGS = 5  # ImageNet classes shown per image

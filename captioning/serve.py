@@ -49,12 +49,12 @@ class Batcher:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
 
-    async def caption(self, pixels: torch.Tensor, decoding: DecodeConfig):
+    async def caption(self, pixels: torch.Tensor, decoding: DecodeConfig, size: tuple[int, int] | None = None):
         if self.queue is None:
             self.queue = asyncio.Queue()
             asyncio.get_running_loop().create_task(self._run())
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((pixels, decoding, future))
+        await self.queue.put(((pixels, size), decoding, future))
         return await future
 
     async def _run(self) -> None:
@@ -71,7 +71,7 @@ class Batcher:
                 self.batches.append(len(group))
                 try:
                     caps = await asyncio.get_running_loop().run_in_executor(
-                        self.pool, self._caption, torch.stack([x for x, _ in group]), decoding
+                        self.pool, self._caption, [x for x, _ in group], decoding
                     )
                 except Exception as exc:  # noqa: BLE001 - every waiting request gets an answer
                     caps = [exc] * len(group)
@@ -79,16 +79,18 @@ class Batcher:
                     if not future.done():
                         future.set_exception(cap) if isinstance(cap, Exception) else future.set_result(cap)
 
-    def _caption(self, pixels: torch.Tensor, decoding: DecodeConfig):
-        return self.captioner.caption_features(self.captioner.encode(pixels), decoding)
+    def _caption(self, items: list[tuple[torch.Tensor, tuple[int, int] | None]], decoding: DecodeConfig):
+        pixels = torch.stack([x for x, _ in items])
+        return self.captioner.caption_features(self.captioner.encode(pixels), decoding, pixels, [s for _, s in items])
 
 
-def prepare(data: bytes, name: str, preprocess) -> torch.Tensor | Failure:
-    """An uploaded image's preprocessed pixels (3, S, S), or why it cannot be captioned."""
+def prepare(data: bytes, name: str, preprocess) -> tuple[torch.Tensor, tuple[int, int]] | Failure:
+    """An uploaded image's preprocessed pixels (3, S, S) and its size as read, or why it cannot be captioned."""
     if len(data) > MAX_FILE_BYTES:
         return Failure(413, f"{name} is larger than {MAX_FILE_BYTES // 1_000_000} MB")
     try:
-        return preprocess(to_rgb(load_image(data, name)))
+        image = to_rgb(load_image(data, name))
+        return preprocess(image), image.size
     except ImageLoadError as exc:
         return Failure(400, str(exc))
     except DecodeBusyError as exc:
@@ -97,7 +99,7 @@ def prepare(data: bytes, name: str, preprocess) -> torch.Tensor | Failure:
 
 def answer(cap, details: bool) -> dict:
     """One image's result in the shape of Hugging Face's image-to-text pipeline, plus what `details` asks for."""
-    out = {"generated_text": cap.text}
+    out = {"generated_text": cap.text, "unsure": cap.unsure, "doubts": cap.doubts}  # "" and [] when sure
     if details:
         out["words"] = [{"word": w, "prob": round(p, 4)} for w, p in zip(cap.words, cap.word_probs)]
         out["alternatives"] = [{"generated_text": h.text, "score": round(h.score, 4)} for h in cap.alternatives]
@@ -177,7 +179,7 @@ def build_app(captioner, model_info: dict | None = None):
         names = [(f.filename or "image")[:100] for f in image]
         datas = [await f.read(MAX_FILE_BYTES + 1) for f in image]
         prepared = [await run_in_threadpool(prepare, d, n, captioner.preprocess) for d, n in zip(datas, names)]
-        jobs = [batcher.caption(p, decoding) for p in prepared if not isinstance(p, Failure)]
+        jobs = [batcher.caption(p[0], decoding, p[1]) for p in prepared if not isinstance(p, Failure)]
         caps = iter(await asyncio.gather(*jobs))
         results = []
         for name, p in zip(names, prepared, strict=True):

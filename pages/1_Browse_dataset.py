@@ -6,7 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from app import catalog, ui
-from app.render import order_ids, plain, search_captions, tile_text
+from app.render import METRIC_HELP, order_ids, plain, search_captions, tile_text
+from captioning.data import DatasetError
 from captioning.evaluate import iter_scores
 
 PER_PAGE = 12
@@ -36,6 +37,14 @@ def score(ids: list[int]) -> None:
     bar.empty()
 
 
+def matches_in(name: str) -> int:
+    """How many images of another split the search finds (0 where that split cannot be read)."""
+    try:
+        return len(search_captions(ui.load_split(dataset, name), query))
+    except (DatasetError, OSError):
+        return 0
+
+
 if "image" in st.query_params:
     raw = st.query_params["image"]
     if st.button("Back to all images", icon=":material/arrow_back:"):
@@ -61,8 +70,10 @@ if "image" in st.query_params:
     right.subheader("Model caption")
     right.markdown(f"**{plain(scores[image_id]['caption'], 300)}**")
     a, b = right.columns(2)
-    a.metric("BLEU-4", f"{scores[image_id]['BLEU-4']:.3f}")
-    b.metric("CIDEr", f"{scores[image_id]['CIDEr']:.3f}", help="with document frequencies from the whole split")
+    a.metric("BLEU-4", f"{scores[image_id]['BLEU-4']:.3f}", help=METRIC_HELP["BLEU-4"])
+    b.metric("CIDEr", f"{scores[image_id]['CIDEr']:.3f}",
+             help=METRIC_HELP["CIDEr"] + " Document frequencies from the whole split.")  # fmt: skip
+    right.caption(METRIC_HELP["BLEU-4"] + " " + METRIC_HELP["CIDEr"])
     st.stop()
 
 search, sort, paging = st.columns([3, 2, 1])
@@ -84,7 +95,10 @@ if model is not None:
         score([i for i in split.ids if i not in scores])
         st.rerun()
 if not ids:
-    st.info(f"No reference caption in {plain(split_name)} contains \u201c{plain(query)}\u201d.")
+    elsewhere = [(name, matches_in(name)) for name in ui.split_names(dataset) if name != split_name]
+    hint = "; ".join(f"{n} in {plain(name)}" for name, n in elsewhere if n)
+    st.info(f"No reference caption in {plain(split_name)} contains \u201c{plain(query)}\u201d"
+            + (f" (other splits have matches: {hint}; pick one in the sidebar)." if hint else "."))  # fmt: skip
 for row in range(0, len(shown), 4):
     for col, i in zip(st.columns(4), shown[row : row + 4], strict=False):
         tile = col.container(border=True)
@@ -92,5 +106,5 @@ for row in range(0, len(shown), 4):
         label = i if dataset.format == "coco" else Path(split.files[i].name).name
         tile.caption(tile_text(label, split.captions[i], scores.get(i)))
         if tile.button("Open image", key=f"open-{i}"):
-            st.query_params["image"] = str(i)
+            st.query_params.update(image=str(i), split=split_name, dataset=str(root))  # a link that finds it again
             st.rerun()

@@ -38,8 +38,9 @@ def _captioner(checkpoint: Path) -> Captioner:
 
 
 def expected_caption(checkpoint: Path, data: bytes) -> str:
-    """What the page should show with its default decoding (beam 3, at most 20 words)."""
-    return _captioner(checkpoint).caption([load_image(data)])[0].text
+    """What the page should show with its default decoding (beam 3, at most 20 words), "..." where cut."""
+    cap = _captioner(checkpoint).caption([load_image(data)])[0]
+    return cap.text + (" \u2026" if cap.cut else "")
 
 
 # Home ------------------------------------------------------------------------------------------------------------
@@ -54,12 +55,14 @@ def test_home_captions_an_uploaded_image(tiny_checkpoint, monkeypatch, tmp_path)
     assert not at.exception
     assert f"### {expected_caption(tiny_checkpoint, data)}" in [m.value for m in at.markdown]
     assert len(of_type(at, "image")) == 1
-    assert [s["encoding"]["x"]["field"] for s in chart_specs(at)] == ["probability"]  # word probabilities
+    assert chart_specs(at) == []  # the chips show the word probabilities: no tall chart repeats them
     alternatives = at.dataframe[0].value
-    assert (
-        len(alternatives) == 3 and alternatives.columns[0] == "caption" and alternatives.columns[1].startswith("score")
-    )
-    assert "%" in text(at)  # each word's probability on its chip
+    assert list(alternatives.columns) == ["caption", "score", "from"] and len(alternatives) == 3
+    assert alternatives["from"][0].startswith("shown") and "mean log-probability per word" in text(at)
+    assert "%" in text(at) and "probability the decoder gave it" in text(at)  # each word's probability, labelled
+    # a flat blue square is no photo, and a random model hesitates: the page says why not to trust the caption
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1 and warnings[0].startswith("unsure: ") and "screenshot" in warnings[0]
 
 
 def test_home_bad_files_get_their_own_message_and_the_good_one_still_captions(tiny_checkpoint, monkeypatch, tmp_path):
@@ -171,8 +174,9 @@ def test_home_selector_lists_the_shipped_model_and_finished_runs(tiny_checkpoint
     shutil.copytree(tiny_checkpoint.parent, runs / "my-run")
     at = open_page("home")
     options = at.sidebar.selectbox[0].options
-    assert options[0].startswith("Shipped model (val CIDEr ") and options[1].startswith("my-run (val CIDEr ")
-    assert options[0] in [c.value for c in at.sidebar.caption]  # whole, where the narrow box cuts it off
+    assert options == ["Shipped model", "my-run"]  # names the narrow box shows whole
+    said = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("val CIDEr ") and "images, greedy)" in c for c in said)  # once, with images and decoding
     point_app(monkeypatch, tmp_path)  # no shipped model: the runs alone, and a note saying so
     at = open_page("home")
     assert at.sidebar.selectbox[0].options == [options[1]] and "is not there" in at.sidebar.caption[0].value
@@ -292,6 +296,39 @@ def test_logs_show_the_reward_of_a_self_critical_phase(tiny_run, monkeypatch, tm
     assert loss["step"].max() == last  # the loss curve stops where the reward curve starts
     summary = at.dataframe[0].value.set_index("run")
     assert summary.loc["scst", "SCST started from epoch"] == 2  # where the validation curves jump back to
+
+
+def test_logs_say_when_scores_do_not_compare_and_score_runs_on_the_same_images(
+    tiny_run, tiny_coco, monkeypatch, tmp_path
+):
+    runs = point_app(monkeypatch, tmp_path, coco=tiny_coco)
+    records = read_metrics(tiny_run / "metrics.jsonl")
+    for name, images, method in (("run-a", 8, "beam"), ("run-b", 3, "greedy")):
+        (runs / name).mkdir(parents=True)
+        shutil.copy(tiny_run / "best.pt", runs / name / "best.pt")
+        changed = [r | {"images": images, "method": method} if r["kind"] == "epoch" else r for r in records]
+        (runs / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in changed) + "\n")
+    at = open_page("logs")
+    at.multiselect[0].set_value([o for o in at.multiselect[0].options if o.startswith("run-")]).run()
+    assert not at.exception
+    summary = at.dataframe[0].value.set_index("run")
+    assert (
+        summary.loc["run-a", "measured on"] == "8 images, beam"
+        and summary.loc["run-b", "measured on"] == "3 images, greedy"
+    )
+    warning = at.warning[0].value
+    assert "measured differently (" in warning and "so they do not compare" in warning
+    assert "run-a: 8 images, beam" in warning and "run-b: 3 images, greedy" in warning
+    at.number_input[0].set_value(10).run()
+    next(b for b in at.button if b.label == "Score on the same images").click().run()
+    assert not at.exception
+    table = at.dataframe[1].value.set_index("model")
+    assert list(table.index) == ["run-b", "run-a"] and set(table["images"]) == {8}  # as chosen; tiny val has 8
+    assert table.loc["run-a", "CIDEr minus run-b"] == "0.000 [0.000, 0.000]"  # the same weights: no difference
+    assert table.loc["run-a", "verdict"] == "no difference shown" and table.loc["run-b", "verdict"] == "the reference"
+    low, high = map(float, table.loc["run-b", "CIDEr [95% interval]"].split("[")[1].rstrip("]").split(", "))
+    assert low < high  # an interval over the 8 images
+    assert "paired" in text(at)
 
 
 def test_logs_plot_an_uploaded_seed_log_and_reject_other_text(monkeypatch, tmp_path):

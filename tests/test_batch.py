@@ -66,8 +66,9 @@ def test_sidecars_never_overwrite_and_alt_text_is_capped_with_a_review_column(ph
     assert (photos / "p0.txt").read_text() == "my own caption\n"
     assert (photos / "p1.txt").read_text().strip() and (photos / "p2.txt").is_file()
     rows = _rows(alt)
-    assert len(rows) == 3 and list(rows[0]) == ["file", "alt", "review"]
+    assert len(rows) == 3 and list(rows[0]) == ["file", "alt", "review", "why"]
     assert all(len(r["alt"]) <= 12 and r["review"] in ("", "yes") for r in rows)
+    assert all((r["review"] == "yes") == r["why"].startswith("unsure: ") for r in rows)  # flagged, with the reason
     assert any(r["alt"].endswith("...") for r in rows)
 
 

@@ -104,7 +104,8 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
     good.write_bytes(image_bytes("red", "circle"))
     bad = tmp / "not-an-image.jpg"
     bad.write_bytes(b"plain text, not a picture")
-    expected = Captioner.from_checkpoint(tiny_checkpoint).caption([load_image(good)])[0].text
+    cap = Captioner.from_checkpoint(tiny_checkpoint).caption([load_image(good)])[0]
+    expected = cap.text + (" \u2026" if cap.cut else "")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
@@ -122,7 +123,8 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
         caption = page.locator("h3", has_text=expected)
         expect(caption).to_be_visible()
         assert caption.inner_text().strip() == expected
-        expect(page.get_by_text("Word probabilities")).to_be_visible()
+        expect(page.get_by_role("tab", name="Alternatives")).to_be_visible()
+        expect(page.get_by_text("unsure: ").first).to_be_visible()  # a flat drawing is no photo: the page says so
         settle(page)
         page.screenshot(path=ARTIFACTS / "home-captioned.png", full_page=True)
 
@@ -143,6 +145,7 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
         expect(page.get_by_text("Reference captions")).to_be_visible()
         expect(page.get_by_text("CIDEr")).to_be_visible()
         expect(page).to_have_url(re.compile(r"[?&]image=\d+"))  # a link to this image (the URL may lag the page)
+        expect(page).to_have_url(re.compile(r"[?&]split=val"))  # with its split: the link finds it again
         settle(page)
         page.screenshot(path=ARTIFACTS / "browse-image.png", full_page=True)
 
@@ -182,6 +185,14 @@ def test_a_first_run_clicks_an_example_on_home_and_browses_the_sample(first_run_
         if os.environ.get("CAPTIONING_UPDATE_DOCS") or not docs.is_file():  # the README's screenshot
             docs.parent.mkdir(exist_ok=True)
             shutil.copyfile(ARTIFACTS / "home-example.png", docs)
+        # a report's screenshot of text: the shipped model captions it as a photo, and the page says to doubt it
+        report = ARTIFACTS / "report.png"
+        report.write_bytes(_text_screenshot())
+        page.locator('input[type="file"]').set_input_files(str(report))
+        warning = page.get_by_test_id("stAlertContentWarning")
+        expect(warning.get_by_text("unsure: the image looks like a screenshot, text or a drawing")).to_be_visible()
+        settle(page, 1000)
+        page.screenshot(path=ARTIFACTS / "home-doubtful.png")
 
         page.get_by_role("link", name="Browse dataset").click()
         expect(page.get_by_role("heading", name="Browse the dataset")).to_be_visible()
@@ -190,6 +201,20 @@ def test_a_first_run_clicks_an_example_on_home_and_browses_the_sample(first_run_
         settle(page)
         page.screenshot(path=ARTIFACTS / "browse-sample.png", full_page=True)
         browser.close()
+
+
+def _text_screenshot() -> bytes:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (800, 500), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(14):
+        draw.text((24, 20 + 34 * row), "Quarterly report: revenue grew 4% over the last quarter", fill="black")
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 def _dataset_zip(path: Path) -> None:

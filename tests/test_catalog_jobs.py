@@ -76,9 +76,10 @@ def test_checkpoints_are_the_shipped_model_and_runs_with_best_pt(tiny_run, tmp_p
     cider = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])  # last record: the end event
     models = catalog.list_checkpoints()
     assert [m.run for m in models] == [None, "good"]
-    # the tiny run validates greedily (TrainConfig's default), and the label says so
-    assert models[0].label == f"Shipped model (val CIDEr {cider['best_cider']:.3f}, greedy)"
-    assert models[1].label == f"good (val CIDEr {cider['best_cider']:.3f}, greedy)"
+    # the tiny run validates greedily (TrainConfig's default) on its val images, and the score says both
+    images = catalog.read_metrics(models[1].path)["val"]["images"]
+    assert [m.label for m in models] == ["Shipped model", "good"]
+    assert models[1].score == models[0].score == f"val CIDEr {cider['best_cider']:.3f} ({images} images, greedy)"
     assert models[1].path == runs / "good" / "best.pt"
     logs = catalog.list_runs()
     assert {(r.name, r.status) for r in logs} == {("shipped model", "finished"), ("good", "finished"),
@@ -152,7 +153,8 @@ def test_a_rerun_over_1200_runs_reads_no_file_again(tmp_path, monkeypatch):
     monkeypatch.setattr(catalog, "read_metrics", lambda path: reads.append(path) or read(path))  # its plain data
     monkeypatch.setattr(rundir, "run_status", lambda path: logs.append(path) or status(path))
     first = catalog.list_checkpoints(runs)
-    assert {m.label for m in first} == {f"run{i:04d} (val CIDEr {i / 1000:.3f}, greedy)" for i in range(count)}
+    assert {(m.label, m.score) for m in first} == {(f"run{i:04d}", f"val CIDEr {i / 1000:.3f} (greedy)")
+                                                   for i in range(count)}  # fmt: skip
     assert loads == [] and len(reads) == len(logs) == count
 
     reads.clear()
@@ -166,8 +168,8 @@ def test_a_rerun_over_1200_runs_reads_no_file_again(tmp_path, monkeypatch):
 
     _scored(runs / "run0007" / "best.pt", 0.999)  # retrained
     shutil.rmtree(runs / "run0008")
-    labels = {m.run: m.label for m in catalog.list_checkpoints(runs)}
-    assert len(reads) == 1 and labels["run0007"] == "run0007 (val CIDEr 0.999, greedy)" and "run0008" not in labels
+    labels = {m.run: m.score for m in catalog.list_checkpoints(runs)}
+    assert len(reads) == 1 and labels["run0007"] == "val CIDEr 0.999 (greedy)" and "run0008" not in labels
 
 
 def test_pruning_keeps_the_newest_app_runs_and_deletes_only_older_ended_ones(tmp_path, monkeypatch):

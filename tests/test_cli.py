@@ -11,6 +11,7 @@ from conftest import REPO
 
 from captioning.cli import main
 from captioning.config import DecodeConfig
+from captioning.data import CocoSplit, read_ids_file
 from captioning.vocab import Vocabulary
 
 
@@ -69,9 +70,27 @@ def test_evaluate_json_has_coco_keys(tiny_checkpoint, tiny_coco, capsys):
     assert code == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     metrics = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "images", "decoding"}
+    metrics |= {"intervals", "interval", "split", "cider_df"}
     assert set(scores) in (metrics, metrics | {"METEOR"})
     assert scores["decoding"] == DecodeConfig(method="greedy").to_dict()  # the score says how it was decoded
     assert scores["images"] == 6 and 0 <= scores["BLEU-4"] <= 1 and scores["CIDEr"] > 0.5
+    low, high = scores["intervals"]["CIDEr"]  # each metric has its 95% bootstrap interval over the 6 images
+    assert low <= scores["CIDEr"] <= high and high - low > 0
+    assert scores["interval"] == {"level": 0.95, "resamples": 1000, "over": "images"}
+
+
+def test_evaluate_compare_answers_whether_b_is_better(tiny_checkpoint, tiny_coco, capsys):
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--coco-root", str(tiny_coco), "--split", "val"]
+    base += ["--method", "greedy", "--limit", "6", "--no-meteor"]
+    assert main([*base, "--compare", str(tiny_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images of val; 95% intervals from 1000 bootstrap draws" in out
+    assert "no CIDEr difference shown: the interval includes 0 (6 images)" in out  # a model against itself
+    assert main([*base, "--compare", str(tiny_checkpoint), "--cider-df", "train", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    same = found["compare"]["difference"]["CIDEr"]
+    assert same["b_minus_a"] == 0 and same["interval"] == [0, 0] and not same["shown"]
+    assert found["cider_df"] == "train" and found["compare"]["scores"]["CIDEr"] == found["CIDEr"]
 
 
 def test_build_vocab_writes_json(tiny_coco, tmp_path, capsys):
@@ -87,8 +106,8 @@ def test_build_vocab_writes_json(tiny_coco, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evaluate", "--coco-root", "/nonexistent", "--split", "val", "--checkpoint", "{ckpt}"], "no annotations"),
-        (["caption", "x.jpg", "--checkpoint", "/nonexistent/model.pt"], "does not exist"),
+        (["evaluate", "--coco-root", "{tmp}/none", "--split", "val", "--checkpoint", "{ckpt}"], "no annotations"),
+        (["caption", "x.jpg", "--checkpoint", "{tmp}/none/model.pt"], "does not exist"),
         (["train", "--coco-root", "{coco}", "--out", "{tmp}/r", "--backbone", "vgg"], "invalid choice"),
         (["train", "--coco-root", "{coco}", "--out", "{tmp}/r", "--batch-size", "0"], "batch_size must be at least 1"),
     ],
@@ -99,3 +118,17 @@ def test_bad_arguments_exit_nonzero_with_one_clear_line(args, message, tiny_chec
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith(("error", "python -m"))]) >= 1
+
+
+def test_holdout_carves_the_same_disjoint_ids_every_time(tiny_coco, tmp_path, capsys):
+    args = ["holdout", "--coco-root", str(tiny_coco), "--size", "5", "--out"]
+    assert main([*args, str(tmp_path / "a")]) == 0 and main([*args, str(tmp_path / "b")]) == 0
+    assert "--train-ids" in capsys.readouterr().out  # says how to use them
+    held, rest = (read_ids_file(tmp_path / "a" / f"train-{kind}-ids.txt") for kind in ("heldout", "rest"))
+    assert len(held) == 5 and not set(held) & set(rest)
+    assert sorted(held + rest) == sorted(CocoSplit.load(tiny_coco, "train").ids)
+    assert (tmp_path / "b" / "train-heldout-ids.txt").read_text() == (
+        tmp_path / "a" / "train-heldout-ids.txt"
+    ).read_text()
+    assert main([*args[:-2], "--size", "24", "--out", str(tmp_path / "c")]) == 2  # all of it: nothing left to train
+    assert "--size must be between 1 and 23" in capsys.readouterr().err

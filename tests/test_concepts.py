@@ -65,7 +65,7 @@ def test_home_shows_what_the_encoder_sees(tiny_checkpoint, monkeypatch, tmp_path
     at.file_uploader[0].set_value(("photo.png", path.read_bytes(), "image/png")).run()
     assert not at.exception
     shown = text(at)
-    assert "What the encoder sees:" in shown and "%" in shown.split("What the encoder sees:")[1]
+    assert "What the encoder sees (ImageNet class probabilities):" in shown and "%" in shown.split("probabilities):")[1]
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def test_home_captions_a_clicked_example_beside_its_references(tiny_checkpoint, 
 def test_a_fine_tune_on_the_sample_finishes_and_joins_homes_model_picker(tiny_checkpoint, monkeypatch, tmp_path):
     runs = point_app(monkeypatch, tmp_path, checkpoint=tiny_checkpoint, sample=True, cache=tmp_path / "cache")
     at = open_page("finetune")
-    assert not at.exception and "embedded sample" in text(at) and "a minute or two" in text(at)
+    assert not at.exception and "embedded sample" in text(at) and "3 to 4 minutes" in text(at)
     at.text_input(key="run_name").set_value("on-sample")
     next(n for n in at.number_input if n.label == "How many").set_value(20)
     next(b for b in at.button if b.label.startswith("Fine-tune on")).click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from PIL import Image
 
 from captioning.config import DecodeConfig
 from captioning.serve import MAX_FILE_BYTES, Batcher
@@ -52,13 +54,18 @@ def test_one_good_and_one_bad_image_in_one_request(server, tiny_coco):
     good = sorted((tiny_coco / "val").iterdir())[0]
     files = [("image", ("good.jpg", good.read_bytes(), "image/jpeg")),
              ("image", ("bad.jpg", b"\xff\xd8\xff not a jpeg", "image/jpeg"))]  # fmt: skip
+    icon = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(icon, "PNG")
+    files.append(("image", ("icon.png", icon.getvalue(), "image/png")))
     reply = httpx.post(f"{server}/caption", files=files, data={"details": "true"}, timeout=60)
     assert reply.status_code == 200
-    first, second = reply.json()
+    first, second, third = reply.json()
+    assert isinstance(first["unsure"], str) and isinstance(first["doubts"], list)
+    assert third["file"] == "icon.png" and "tiny (16x16 pixels)" in third["unsure"]
     assert first["file"] == "good.jpg" and len(first["generated_text"].split()) >= 3
     assert first["words"] and len(first["alternatives"]) == DecodeConfig().beam_size
     assert second["file"] == "bad.jpg" and second["status"] == 400 and "\n" not in second["error"]
-    only_bad = httpx.post(f"{server}/caption", files=files[1:], timeout=60)
+    only_bad = httpx.post(f"{server}/caption", files=files[1:2], timeout=60)
     assert only_bad.status_code == 400 and "generated_text" not in only_bad.json()[0]
 
 
