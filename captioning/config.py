@@ -13,6 +13,7 @@ from typing import Any
 from captioning.backbones import BACKBONES, DEFAULT_BACKBONE
 from captioning.formats import FORMATS, ReadOptions
 from captioning.guidance import BONUS as GUIDE_BONUS
+from captioning.guidance import THRESHOLD as CONSTRAIN_THRESHOLD
 from captioning.naming import THRESHOLD as NAMING_THRESHOLD
 
 DECODERS = ("showtell", "attention")
@@ -135,12 +136,28 @@ class DecodeConfig:
         metavar="BONUS",
         validation=False,
     )
+    flip: bool = option(
+        False,
+        "test-time flip: average the decoder's word probabilities over the image and its mirror (twice the time)",
+        validation=False,
+    )
+    constrain: float = option(
+        0.0,
+        "constrained beam search: when the encoder's top ImageNet class has at least THRESHOLD probability and the "
+        "checkpoint learned caption words for it (cat, dog, bus), the caption must contain one "
+        f"(bare flag: {CONSTRAIN_THRESHOLD}; needs concept words)",
+        const=CONSTRAIN_THRESHOLD,
+        metavar="THRESHOLD",
+        validation=False,
+    )
 
     def __post_init__(self) -> None:
         check_types(self, "decoding ")
         for name in ("beam_size", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not 0 <= self.constrain <= 1:
+            raise ValueError(f"constrain is a probability threshold, 0 (off) to 1 (got {self.constrain})")
         if self.guide < 0 or self.length_penalty < 0:
             raise ValueError(f"guide and length_penalty cannot be negative (got {self.guide}, {self.length_penalty})")
 

@@ -30,14 +30,24 @@ class Hypothesis:
 
 
 def decode(
-    decoder: nn.Module, feats: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig, guide: Guide | None = None
+    decoder: nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    cfg: DecodeConfig,
+    guide: Guide | None = None,
+    constraint: list[list[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """The one decoding entry point (validation, evaluation, `Captioner`): captions per row of `feats`,
     best first; greedy gives one, beam search `cfg.beam_size`.
 
     `cfg.block_repeats` forbids echoes (see `repeats`). `guide` (from `guidance.guide_bonus`, sized by
-    `cfg.guide`) rewards each image's target words until its caption says one.
+    `cfg.guide`) rewards each image's target words until its caption says one. `constraint` (per image, word
+    ids; empty for none) makes each caption contain one of its words (`constrained`, `cfg.constrain`).
     """
+    if constraint is not None and any(constraint):
+        from captioning.constrained import constrained_beam_search
+
+        return constrained_beam_search(decoder, feats, vocab, cfg, constraint)
     if cfg.method == "greedy":
         return [[h] for h in greedy(decoder, feats, vocab, cfg, guide)]
     return beam_search(decoder, feats, vocab, cfg, guide)

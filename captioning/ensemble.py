@@ -63,3 +63,30 @@ def check_members(configs: list, vocabs: list, sources: list[str]) -> None:
                 f"{source} has another vocabulary than {sources[0]}: an ensemble's members must share it (train "
                 "them on the same split with the same --vocab-threshold)"
             )
+
+
+class FlipDecoder(nn.Module):
+    """Test-time flip: one decoder reading an image and its mirror, their word probabilities averaged at every
+    step. `init_state` takes features (B, 2, ...): each image's own and its mirror's. The attention returned is
+    the image's own (the mirror's points at mirrored places)."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.feature_kind = decoder.feature_kind
+
+    def init_state(self, feats: torch.Tensor) -> State:
+        state = {}
+        for view in range(2):
+            state.update({f"{view}.{k}": v for k, v in self.decoder.init_state(feats[:, view]).items()})
+        return state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        log_probs, out, own_alpha = [], {}, None
+        for view in range(2):
+            prefix = f"{view}."
+            lp, own, alpha = self.decoder.step(tokens, {k[2:]: v for k, v in state.items() if k.startswith(prefix)})
+            log_probs.append(lp)
+            own_alpha = alpha if view == 0 else own_alpha
+            out.update({prefix + k: v for k, v in own.items()})
+        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(2), out, own_alpha

@@ -26,7 +26,7 @@ def caption_split(
     for batch in batches(ids, split.files, captioner.preprocess, batch_size):
         bad += [split.files[i].name for i in batch.skipped]
         if batch.keys:
-            caps = captioner.caption_features(captioner.encode(batch.pixels), decoding)
+            caps = captioner.caption_features(captioner.encode(batch.pixels), decoding, batch.pixels)
             out.update({i: c.text for i, c in zip(batch.keys, caps, strict=True)})
         if on_batch:
             on_batch(len(out) + len(bad), len(ids))

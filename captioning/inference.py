@@ -14,7 +14,7 @@ from captioning.config import DecodeConfig
 from captioning.data import to_rgb
 from captioning.decoding import Hypothesis, decode
 from captioning.device import resolve_device
-from captioning.ensemble import EnsembleDecoder, check_members
+from captioning.ensemble import EnsembleDecoder, FlipDecoder, check_members
 from captioning.guidance import guide_bonus
 from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary, detokenize
@@ -134,16 +134,24 @@ class Captioner:
         """Captions of a batch of encoded images (`features`, `encode`). `pixels` (the preprocessed batch) and
         `sizes` (each image's width and height as read), where the caller has them, let the doubts say when an
         input is unlike a photo."""
-        if decoding.guide and not self.can_guide:
+        if (decoding.guide or decoding.constrain) and not self.can_guide:
             raise ValueError(
-                "guided decoding needs a checkpoint with concept words (python -m captioning concept-words) "
-                "and an EfficientNet-Lite encoder"
+                f"{'guided' if decoding.guide else 'constrained'} decoding needs a checkpoint with concept words "
+                "(python -m captioning concept-words) and an EfficientNet-Lite encoder"
             )
         probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
-        hint = None
+        hint = constraint = None
         if decoding.guide:
             hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=decoding.guide)
-        groups = decode(self.decoder, feats, self.vocab, decoding, hint)
+        if decoding.constrain:
+            words = self.info["concept_words"]
+            constraint = guide_bonus(probs, words, self.vocab, threshold=decoding.constrain, bonus=0.0)[1]
+        decoder, views = self.decoder, feats
+        if decoding.flip:  # the mirror's features beside each image's own (`ensemble.FlipDecoder`)
+            if pixels is None:
+                raise ValueError("test-time flip needs the images' pixels, not only their features")
+            decoder, views = FlipDecoder(self.decoder), torch.stack([feats, self.encode(pixels.flip(-1))], dim=1)
+        groups = decode(decoder, views, self.vocab, decoding, hint, constraint)
         grid = self._grid_size(feats)
         tags = concepts.top_concepts(probs, self.TAGS) if probs is not None else [[] for _ in groups]
         caps = [replace(self._to_caption(hyps, grid), tags=t) for hyps, t in zip(groups, tags, strict=True)]

@@ -130,5 +130,6 @@ def test_holdout_carves_the_same_disjoint_ids_every_time(tiny_coco, tmp_path, ca
     assert (tmp_path / "b" / "train-heldout-ids.txt").read_text() == (
         tmp_path / "a" / "train-heldout-ids.txt"
     ).read_text()
-    assert main([*args[:-2], "--size", "24", "--out", str(tmp_path / "c")]) == 2  # all of it: nothing left to train
+    whole = ["holdout", "--coco-root", str(tiny_coco), "--size", "24", "--out", str(tmp_path / "c")]
+    assert main(whole) == 2  # all of it: nothing left to train on
     assert "--size must be between 1 and 23" in capsys.readouterr().err

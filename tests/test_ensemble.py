@@ -82,3 +82,31 @@ def test_the_cli_ensembles_and_refuses_members_that_do_not_match(tiny_checkpoint
     default = REPO / "captioning" / "shipped" / "default.pt"  # EfficientNet-Lite2: another encoder
     bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(default))
     assert bad.returncode == 2 and "must share the encoder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_test_time_flip_averages_an_image_and_its_mirror(tiny_checkpoint, tiny_attention_checkpoint):
+    from PIL import Image, ImageOps
+
+    from captioning.evaluate import caption_split
+
+    for checkpoint in (tiny_checkpoint, tiny_attention_checkpoint):
+        captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
+        symmetric = Image.new("RGB", (96, 96), "white")  # its mirror is itself: flipping changes nothing
+        symmetric.paste((200, 30, 30), (24, 24, 72, 72))
+        for method in ("greedy", "beam"):
+            alone, flipped = (
+                captioner.caption([symmetric], DecodeConfig(method=method, flip=flip))[0] for flip in (False, True)
+            )
+            assert flipped.text == alone.text and flipped.word_probs == pytest.approx(alone.word_probs, abs=1e-5)
+        # an asymmetric photo: the flip's probabilities are the mean of the image's and the mirror's first words
+        photo = _images(1)[0]
+        mirror = ImageOps.mirror(photo)
+        greedy = DecodeConfig(method="greedy")
+        own, other = (captioner.caption([im], greedy)[0] for im in (photo, mirror))
+        both = captioner.caption([photo], DecodeConfig(method="greedy", flip=True))[0]
+        if own.words[0] == other.words[0] == both.words[0]:
+            assert both.word_probs[0] == pytest.approx((own.word_probs[0] + other.word_probs[0]) / 2, abs=1e-4)
+        with pytest.raises(ValueError, match="needs the images' pixels"):
+            captioner.caption_features(captioner.features([photo]), DecodeConfig(flip=True))
+    split = CocoSplit.load(SAMPLE_ROOT, "val")  # evaluation passes the pixels along
+    assert len(caption_split(captioner, split, split.ids[:2], DecodeConfig(method="greedy", flip=True))) == 2
