@@ -71,18 +71,23 @@ def quantized(decoder: torch.nn.Module) -> torch.nn.Module:
 
 
 def quality(checkpoint: Path, root: Path, split: str) -> None:
-    """What the int8 decoder costs: both decoders scored on the same images, and how many captions changed."""
+    """What the int8 decoder costs: both decoders scored on the same images, the paired 95% interval of the
+    difference (`captioning.bootstrap`), and how many captions changed."""
+    from captioning import bootstrap
     from captioning.data import CocoSplit
-    from captioning.evaluate import evaluate
+    from captioning.evaluate import score_split
 
     images = CocoSplit.load(root, split)
     fp32 = Captioner.from_checkpoint(checkpoint, device="cpu")
     int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
     int8.decoder = quantized(int8.decoder)
-    (a, pa, _), (b, pb, _) = (evaluate(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
+    (a, pa), (b, pb) = (score_split(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
     same = sum(pa[i] == pb[i] for i in pa)
-    print(f"{split} ({a['images']} images, default decoding): CIDEr {a['CIDEr']:.4f} fp32, {b['CIDEr']:.4f} int8; "
-          f"BLEU-4 {a['BLEU-4']:.4f}, {b['BLEU-4']:.4f}; {same} of {len(pa)} captions the same")  # fmt: skip
+    delta = bootstrap.compare(a, b)
+    print(f"{split} ({a.images} images, default decoding): CIDEr {a.corpus['CIDEr']:.4f} fp32, "
+          f"{b.corpus['CIDEr']:.4f} int8, int8 - fp32 {delta['CIDEr'].delta.text(4)}; BLEU-4 "
+          f"{a.corpus['BLEU-4']:.4f}, {b.corpus['BLEU-4']:.4f}, {delta['BLEU-4'].delta.text(4)}; "
+          f"{same} of {len(pa)} captions the same")  # fmt: skip
 
 
 def timed(captioner: Captioner, image, decoding: DecodeConfig) -> tuple[float, float, float]:
