@@ -85,7 +85,7 @@ def runs_summary(runs: dict[str, list[dict]]) -> pd.DataFrame:
                 "steps": max((r.get("step", 0) for r in records), default=0),
                 "best val CIDEr": best["CIDEr"] if best else None,
                 "best epoch": best.get("epoch") if best else None,
-                "SCST started from epoch": scst[-1].get("from_epoch") if scst else None,
+                "SCST started from epoch": scst[-1].get("from_epoch") if scst else "no SCST phase",
             }
         )
     return pd.DataFrame(rows)

@@ -154,6 +154,11 @@ def test_upload_caption_and_visit_every_page(server, tiny_checkpoint):
         expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4)
         settle(page, 1500)
         page.screenshot(path=ARTIFACTS / "training-logs.png", full_page=True)
+        page.get_by_text("Score the chosen runs on the same images").click()
+        page.get_by_role("button", name="Score on the same images").click()
+        expect(page.get_by_text("the same draws of images for both")).to_be_visible()  # the table's explanation
+        settle(page, 1000)
+        page.screenshot(path=ARTIFACTS / "training-logs-compared.png", full_page=True)
 
         page.get_by_role("link", name="Fine tune").click()
         expect(page.get_by_role("heading", name="Fine-tune a model")).to_be_visible()
