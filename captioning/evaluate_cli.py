@@ -24,6 +24,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     idf = None
     if args.cider_df:  # CIDEr's document frequencies from a named split's references, whatever is scored
         idf = open_split(args.coco_root, args.cider_df, args.format, read_options(args)).captions
+    if args.compare is not None and not args.compare.is_file():  # say so now, not after scoring A
+        raise FileNotFoundError(f"--compare {args.compare} does not exist")
     models = [("A", args.checkpoint, args.ensemble)] + ([("B", args.compare, None)] if args.compare else [])
     n = min(len(split), args.limit) if args.limit else len(split)
     scored = []

@@ -91,6 +91,8 @@ def test_evaluate_compare_answers_whether_b_is_better(tiny_checkpoint, tiny_coco
     same = found["compare"]["difference"]["CIDEr"]
     assert same["b_minus_a"] == 0 and same["interval"] == [0, 0] and not same["shown"]
     assert found["cider_df"] == "train" and found["compare"]["scores"]["CIDEr"] == found["CIDEr"]
+    assert main([*base, "--compare", str(tiny_checkpoint.parent / "missing.pt")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
 
 
 def test_build_vocab_writes_json(tiny_coco, tmp_path, capsys):
