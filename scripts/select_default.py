@@ -6,7 +6,9 @@ Run: .venv/bin/python -m scripts.select_default --coco-root ../shared/data/coco 
          [--recipes lite2 lite0] [--seeds 0 1] [--heldout 300] [--extra "--epochs 1"]
 
 A recipe counts as better than the first only when, for every seed, its paired CIDEr interval excludes 0 on
-val and on the held-out set (`captioning.bootstrap`). A rerun skips what is done: finished runs are not trained
+val and on the held-out set (`captioning.bootstrap`); worse when its interval lies below 0 on either split for
+any seed. With two or more seeds, the ensemble of a recipe's seeds is a candidate too, compared with each of
+its members on both splits in the same way. A rerun skips what is done: finished runs are not trained
 again (an interrupted one resumes), and each run's scores are kept in OUT/scores/. Writes OUT/report.md.
 Each run is the shipped model's one-command recipe (captioning/shipped/README.md) with the recipe's changes.
 """
@@ -51,20 +53,36 @@ def run_one(args: argparse.Namespace, recipe: str, seed: int, ids: Path) -> Path
     return out
 
 
-def scores_of(args: argparse.Namespace, run: Path, split: str, ids: Path | None) -> CaptionScores:
-    """The run's best.pt on a split (default decoding), kept in OUT/scores/ so a rerun reads it back."""
-    kept = args.out / "scores" / f"{run.name}-{split}{'-heldout' if ids else ''}.json"
+def scores_of(args: argparse.Namespace, run: Path | list[Path], split: str, ids: Path | None) -> CaptionScores:
+    """The run's best.pt (or an ensemble of runs') on a split (default decoding), kept in OUT/scores/ so a rerun
+    reads it back."""
+    runs = run if isinstance(run, list) else [run]
+    name = "+".join(r.name for r in runs)
+    kept = args.out / "scores" / f"{name}-{split}{'-heldout' if ids else ''}.json"
     if kept.is_file():
         data = json.loads(kept.read_text())
         per_image = {int(k): v for k, v in data["per_image"].items()}
         counts = {int(k): v for k, v in data["bleu_counts"].items()}
         return CaptionScores(data["corpus"], per_image, [], len(per_image), counts)
-    captioner = Captioner.from_checkpoint(run / "best.pt", device="cpu")
+    captioner = Captioner.from_checkpoints([r / "best.pt" for r in runs], device="cpu")
     scores, _ = score_split(captioner, open_split(args.coco_root, split, ids_file=ids), DecodeConfig(), meteor=False)
     kept.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(kept, json.dumps({"corpus": scores.corpus, "per_image": scores.per_image,
                                         "bleu_counts": scores.bleu_counts}))  # fmt: skip
     return scores
+
+
+def paired(a: dict[str, CaptionScores], b: dict[str, CaptionScores]) -> dict:
+    """B minus A in CIDEr on each split, paired over the same images."""
+    return {name: bootstrap.compare(a[name], b[name])["CIDEr"] for name in a}
+
+
+def verdict(diffs) -> str:
+    """'better' when every seed's interval lies above 0 on both splits; 'worse' when any lies below 0."""
+    diffs = [d for by_split in diffs for d in by_split.values()]
+    if all(d.shown and d.delta.value > 0 for d in diffs):
+        return "better"
+    return "worse" if any(d.shown and d.delta.value < 0 for d in diffs) else "not shown better or worse"
 
 
 def main() -> None:
@@ -90,17 +108,35 @@ def main() -> None:
     for (recipe, seed), by_split in scored.items():
         shown = [bootstrap.intervals(by_split[name])["CIDEr"].text() for name in splits]
         lines.append(f"| {recipe} | {seed} | {shown[0]} | {shown[1]} |")
+    lines.append("")
+    for recipe in args.recipes:  # how far apart the seeds land: what one run's number is worth
+        cider = {name: [scored[recipe, seed][name].corpus["CIDEr"] for seed in args.seeds] for name in splits}
+        lines.append(f"- {recipe}, seeds' mean CIDEr (spread): " + "; ".join(
+            f"{name} {sum(v) / len(v):.3f} ({max(v) - min(v):.3f})" for name, v in cider.items()))  # fmt: skip
     first = args.recipes[0]
     for recipe in args.recipes[1:]:
         lines += ["", f"{recipe} minus {first}, paired on the same images (CIDEr):", ""]
-        wins = []
-        for seed in args.seeds:
-            diffs = {name: bootstrap.compare(scored[first, seed][name], scored[recipe, seed][name])["CIDEr"]
-                     for name in splits}  # fmt: skip
-            lines.append(f"- seed {seed}: " + "; ".join(f"{n} {d.delta.text()}" for n, d in diffs.items()))
-            wins.append(all(d.shown and d.delta.value > 0 for d in diffs.values()))
-        verdict = "better" if all(wins) else "not shown better"
-        lines.append(f"- verdict: {recipe} is {verdict} than {first} (every seed, both splits)")
+        diffs = {seed: paired(scored[first, seed], scored[recipe, seed]) for seed in args.seeds}
+        lines += [f"- seed {seed}: " + "; ".join(f"{n} {d.delta.text()}" for n, d in diffs[seed].items())
+                  for seed in args.seeds]  # fmt: skip
+        lines.append(f"- verdict: {recipe} is {verdict(diffs.values())} than {first} (every seed, both splits)")
+    if len(args.seeds) > 1:
+        for recipe in args.recipes:
+            members = [runs[recipe, seed] for seed in args.seeds]
+            together = {name: scores_of(args, members, *where) for name, where in splits.items()}
+            shown = [bootstrap.intervals(together[name])["CIDEr"].text() for name in splits]
+            lines.insert(2 + len(scored) + args.recipes.index(recipe), f"| {recipe} | ensemble | {' | '.join(shown)} |")
+            lines += [
+                "",
+                f"{recipe}: the ensemble of seeds {', '.join(map(str, args.seeds))} minus each seed alone:",
+                "",
+            ]
+            diffs = {seed: paired(scored[recipe, seed], together) for seed in args.seeds}
+            lines += [f"- seed {seed}: " + "; ".join(f"{n} {d.delta.text()}" for n, d in diffs[seed].items())
+                      for seed in args.seeds]  # fmt: skip
+            lines.append(
+                f"- verdict: the ensemble is {verdict(diffs.values())} than one model (every seed, both splits)"
+            )
     report = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "report.md", report)
     print(report)

@@ -27,6 +27,11 @@ def test_the_protocol_trains_scores_compares_and_a_rerun_reuses_everything(tiny_
             assert (out / f"{recipe}-seed{seed}" / "best.pt").is_file()
     assert "lite0 minus lite2, paired on the same images (CIDEr):" in report
     assert "- seed 0: val " in report and "; held-out " in report and "- verdict: lite0 is " in report
+    assert "- lite2, seeds' mean CIDEr (spread): val " in report
+    for recipe in ("lite2", "lite0"):  # the ensemble of a recipe's seeds, a candidate of its own
+        assert f"| {recipe} | ensemble |" in report
+        assert f"{recipe}: the ensemble of seeds 0, 1 minus each seed alone:" in report
+    assert report.count("- verdict: the ensemble is ") == 2
     trained = {p: p.stat().st_mtime_ns for p in out.glob("*/best.pt")}
     capsys.readouterr()
     select_default.main()  # again: nothing is trained or scored again, and the report is the same
