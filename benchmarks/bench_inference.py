@@ -1,7 +1,8 @@
 """Single-image latency of the shipped model against the seed's pipeline, interleaved call by call in one process.
 
 Run: .venv/bin/python -m benchmarks.bench_inference [--repeats 40] [--checkpoint captioning/shipped/default.pt]
-     [--quality ../shared/data/coco]   (also what the int8 decoder costs on val)
+     [--quality ../shared/data/coco [--heldout-ids runs/select/ids/train-heldout-ids.txt]]
+     (also what the int8 decoder costs on val, and on the protocol's held-out train images)
 
 The seed's pipeline is ResNet-50 (random weights: timing only) + the Show-and-Tell LSTM, greedy, with its decoder
 biased to end captions after about 10 words as a trained one does. Each variant of the shipped model (beam 3, the
@@ -70,21 +71,22 @@ def quantized(decoder: torch.nn.Module) -> torch.nn.Module:
     return torch.ao.quantization.quantize_dynamic(decoder, {torch.nn.Linear, torch.nn.LSTMCell, torch.nn.LSTM})
 
 
-def quality(checkpoint: Path, root: Path, split: str) -> None:
+def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -> None:
     """What the int8 decoder costs: both decoders scored on the same images, the paired 95% interval of the
     difference (`captioning.bootstrap`), and how many captions changed."""
     from captioning import bootstrap
-    from captioning.data import CocoSplit
     from captioning.evaluate import score_split
+    from captioning.formats import open_split
 
-    images = CocoSplit.load(root, split)
+    images = open_split(root, split, ids_file=ids)
     fp32 = Captioner.from_checkpoint(checkpoint, device="cpu")
     int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
     int8.decoder = quantized(int8.decoder)
     (a, pa), (b, pb) = (score_split(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
     same = sum(pa[i] == pb[i] for i in pa)
     delta = bootstrap.compare(a, b)
-    print(f"{split} ({a.images} images, default decoding): CIDEr {a.corpus['CIDEr']:.4f} fp32, "
+    where = f"{split}{' held-out' if ids else ''} ({a.images} images, default decoding)"
+    print(f"{where}: CIDEr {a.corpus['CIDEr']:.4f} fp32, "
           f"{b.corpus['CIDEr']:.4f} int8, int8 - fp32 {delta['CIDEr'].delta.text(4)}; BLEU-4 "
           f"{a.corpus['BLEU-4']:.4f}, {b.corpus['BLEU-4']:.4f}, {delta['BLEU-4'].delta.text(4)}; "
           f"{same} of {len(pa)} captions the same")  # fmt: skip
@@ -107,9 +109,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--quality", type=Path, metavar="COCO_ROOT", help="also score fp32 and int8 decoders on val")
+    parser.add_argument("--heldout-ids", type=Path, help="and on these train images (the protocol's held-out set)")
     args = parser.parse_args()
     if args.quality:
         quality(args.checkpoint, args.quality, "val")
+        if args.heldout_ids:
+            quality(args.checkpoint, args.quality, "train", args.heldout_ids)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     images = [load_image(p) for p in sorted(SAMPLE_VAL.glob("*.jpg"))[:8]]

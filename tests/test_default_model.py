@@ -39,7 +39,8 @@ def test_default_model_describes_a_real_photo(captioner):
     caption = captioner.caption([load_image(val.files[val.ids[0]])])[0]
     assert len(caption.words) >= 4, caption.text
     assert caption.attention is not None and len(caption.attention) == len(caption.words)
-    assert caption.attention[0].shape == (9, 9)  # EfficientNet-Lite2 at 260 px: a 9x9 grid
+    side = -(-captioner.model.spec.preprocess.size // 32)  # the encoder's stride: 7x7 at 224 px (Lite0), 9x9 at 260
+    assert caption.attention[0].shape == (side, side)
 
 
 @pytest.mark.slow

@@ -79,8 +79,9 @@ def test_the_cli_ensembles_and_refuses_members_that_do_not_match(tiny_checkpoint
     bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(other_words))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "another vocabulary" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    default = REPO / "captioning" / "shipped" / "default.pt"  # EfficientNet-Lite2: another encoder
-    bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(default))
+    other_encoder = tmp_path / "lite2.pt"  # the same decoder said to read EfficientNet-Lite2 (also 1280 channels)
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "backbone": "efficientnet_lite2"}}, other_encoder)
+    bad = run("--checkpoint", str(tiny_checkpoint), "--ensemble", str(other_encoder))
     assert bad.returncode == 2 and "must share the encoder" in bad.stderr and "Traceback" not in bad.stderr
 
 
