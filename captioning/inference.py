@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,17 @@ from captioning.ensemble import EnsembleDecoder, FlipDecoder, check_members
 from captioning.guidance import guide_bonus
 from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary, detokenize
+
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def int8_decoder(decoder: torch.nn.Module) -> torch.nn.Module:
+    """The decoder with int8 weights in its Linear and LSTM layers (PyTorch's dynamic quantization), for the
+    CPU: beam search waits on reading every weight at every word, and int8 reads a quarter of the bytes."""
+    layers = {torch.nn.Linear, torch.nn.LSTMCell, torch.nn.LSTM}
+    with warnings.catch_warnings():  # torch 2.14 warns quantized tensors will go; requirements pin < 2.15
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(decoder, layers).eval()
 
 
 @dataclass
@@ -65,20 +77,38 @@ class Captioner:
         self._known = frozenset(vocab.itos)  # the words the decoder can say
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto") -> Captioner:
-        """The model in `path` (default: `checkpoint.default_checkpoint()`)."""
+    def from_checkpoint(
+        cls, path: Path | str | None = None, device: str = "auto", precision: str = "auto"
+    ) -> Captioner:
+        """The model in `path` (default: `checkpoint.default_checkpoint()`). `precision`: "fp32", "int8" (the
+        decoder's weights as int8 on the CPU, see `int8_decoder`), or "auto": what the checkpoint says it was
+        measured to keep (its `inference.decoder`), else fp32."""
         path = path or default_checkpoint()
         ckpt = load_checkpoint(Path(path))
         model, vocab = model_from_checkpoint(ckpt, source=str(path))
         info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info["path"] = str(path)
-        return cls(model, vocab, device, info)
+        return cls(model, vocab, device, info)._at(precision, ckpt)
+
+    def _at(self, precision: str, ckpt: dict) -> Captioner:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "auto":
+            said = (ckpt.get("inference") or {}).get("decoder") if isinstance(ckpt.get("inference"), dict) else None
+            precision = "int8" if said == "int8" else "fp32"
+        if precision == "int8" and self.device.type == "cpu":  # int8 kernels are the CPU's; a GPU keeps fp32
+            try:
+                self.decoder = int8_decoder(self.decoder)
+            except (AttributeError, RuntimeError, NotImplementedError):  # a torch without them: fp32 still works
+                precision = "fp32"
+        self.info["precision"] = precision if self.device.type == "cpu" else "fp32"
+        return self
 
     @classmethod
-    def from_checkpoints(cls, paths: list[Path | str], device: str = "auto") -> Captioner:
+    def from_checkpoints(cls, paths: list[Path | str], device: str = "auto", precision: str = "auto") -> Captioner:
         """One checkpoint, or an ensemble of several (see `ensemble`) that share a backbone and a vocabulary."""
         if len(paths) == 1:
-            return cls.from_checkpoint(paths[0], device)
+            return cls.from_checkpoint(paths[0], device, precision)
         ckpts = [load_checkpoint(Path(p)) for p in paths]
         # the encoder runs once, for the first member that reads the grid (if any): pooled members take its mean
         first = next((i for i, c in enumerate(ckpts) if c["model_config"].get("decoder") == "attention"), 0)
@@ -91,7 +121,7 @@ class Captioner:
         decoder = EnsembleDecoder([m.decoder for m, _ in loaded])
         info = {k: ckpts[first].get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info.update(path=str(paths[first]), members=[str(p) for p in paths])
-        return cls(model, vocab, device, info, decoder)
+        return cls(model, vocab, device, info, decoder)._at(precision, ckpts[first])
 
     @property
     def can_guide(self) -> bool:
