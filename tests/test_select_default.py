@@ -37,3 +37,15 @@ def test_the_protocol_trains_scores_compares_and_a_rerun_reuses_everything(tiny_
     select_default.main()  # again: nothing is trained or scored again, and the report is the same
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/best.pt")} == trained
     assert (out / "report.md").read_text() == report and "train" not in capsys.readouterr().err.lower()
+
+    # the winner shipped: concept words from the images it trained on, the measured precision, its log beside it
+    from captioning.checkpoint import load_checkpoint
+    from captioning.inference import Captioner
+    from scripts import ship_default
+
+    shipped = tmp_path / "shipped"
+    ship_default.main(["--run", str(out / "lite0-seed1"), "--precision", "int8", "--out", str(shipped)])
+    ckpt = load_checkpoint(shipped / "default.pt")
+    assert ckpt["inference"] == {"decoder": "int8"} and "concept_words" in ckpt and "train_state" not in ckpt
+    assert (shipped / "default-metrics.jsonl").read_bytes() == (out / "lite0-seed1" / "metrics.jsonl").read_bytes()
+    assert Captioner.from_checkpoint(shipped / "default.pt", device="cpu").info["precision"] == "int8"
