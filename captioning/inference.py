@@ -28,7 +28,7 @@ def int8_decoder(decoder: torch.nn.Module) -> torch.nn.Module:
     CPU: beam search waits on reading every weight at every word, and int8 reads a quarter of the bytes."""
     layers = {torch.nn.Linear, torch.nn.LSTMCell, torch.nn.LSTM}
     with warnings.catch_warnings():  # torch 2.14 warns quantized tensors will go; requirements pin < 2.15
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(decoder, layers).eval()
 
 
