@@ -42,33 +42,27 @@ def seed_pipeline(vocab, backbone: str = "resnet50", decoder: str = "showtell") 
     return Captioner(model, vocab, device="cpu")
 
 
-def variants(checkpoint: Path, workdir: Path) -> dict[str, Captioner]:
-    """The shipped model as it runs, and with each lever that was measured."""
+def variants(checkpoint: Path, workdir: Path, also: list[Path]) -> dict[str, Captioner]:
+    """The shipped model as it runs (its recorded precision), and with each lever that was measured."""
     from captioning.export import ExportedModel, export, exported_captioner, paths
 
     shipped = Captioner.from_checkpoint(checkpoint, device="cpu")
-    out = {"shipped (PyTorch)": shipped}
+    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    int8 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8")
+    out = {f"shipped, as it runs ({shipped.info['precision']} decoder)": shipped, "shipped, fp32 decoder": fp32}
     files = export(checkpoint, workdir / "model.onnx")
-    onnx_encoder = Captioner(ExportedModel(paths(files["encoder"]), shipped.model.cfg), shipped.vocab, "cpu",
-                             shipped.info, shipped.decoder)  # fmt: skip
-    out["shipped, encoder in onnxruntime"] = onnx_encoder
+    encoder = ExportedModel(paths(files["encoder"]), fp32.model.cfg)
+    out["shipped, fp32, encoder in onnxruntime"] = Captioner(encoder, fp32.vocab, "cpu", fp32.info, fp32.decoder)
     out["shipped, all in onnxruntime"] = exported_captioner(files["encoder"])
-    last = Captioner.from_checkpoint(checkpoint, device="cpu")
+    last = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
     last.model.backbone.to(memory_format=torch.channels_last)
-    out["shipped, channels_last"] = last
-    int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
-    int8.decoder = quantized(int8.decoder)
+    out["shipped, fp32, channels_last"] = last
     out["shipped, int8 decoder"] = int8
-    both = Captioner(onnx_encoder.model, shipped.vocab, "cpu", shipped.info, quantized(shipped.model.decoder))
-    out["shipped, onnxruntime encoder + int8 decoder"] = both
-    out["Lite0 + attention (random weights)"] = seed_pipeline(shipped.vocab, "efficientnet_lite0", "attention")
+    out["shipped, onnxruntime encoder + int8 decoder"] = Captioner(encoder, int8.vocab, "cpu", int8.info, int8.decoder)
+    for other in also:
+        other_model = Captioner.from_checkpoint(other, device="cpu")
+        out[f"{other.parent.name or other.stem}, as it runs ({other_model.model.cfg.backbone})"] = other_model
     return out
-
-
-def quantized(decoder: torch.nn.Module) -> torch.nn.Module:
-    """The decoder with int8 weights for its Linear and LSTM layers (dynamic quantization): a quarter of the
-    bytes read at every step, which is what a batch of 3 beams waits on."""
-    return torch.ao.quantization.quantize_dynamic(decoder, {torch.nn.Linear, torch.nn.LSTMCell, torch.nn.LSTM})
 
 
 def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -> None:
@@ -79,9 +73,8 @@ def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -
     from captioning.formats import open_split
 
     images = open_split(root, split, ids_file=ids)
-    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu")
-    int8 = Captioner.from_checkpoint(checkpoint, device="cpu")
-    int8.decoder = quantized(int8.decoder)
+    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    int8 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8")
     (a, pa), (b, pb) = (score_split(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
     same = sum(pa[i] == pb[i] for i in pa)
     delta = bootstrap.compare(a, b)
@@ -109,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--quality", type=Path, metavar="COCO_ROOT", help="also score fp32 and int8 decoders on val")
+    parser.add_argument("--also", type=Path, nargs="*", default=[], help="other checkpoints to time as they run")
     parser.add_argument("--heldout-ids", type=Path, help="and on these train images (the protocol's held-out set)")
     args = parser.parse_args()
     if args.quality:
@@ -119,7 +113,7 @@ def main() -> None:
     torch.manual_seed(0)
     images = [load_image(p) for p in sorted(SAMPLE_VAL.glob("*.jpg"))[:8]]
     with tempfile.TemporaryDirectory() as tmp:
-        shipped = variants(args.checkpoint, Path(tmp))
+        shipped = variants(args.checkpoint, Path(tmp), args.also)
         seed = seed_pipeline(next(iter(shipped.values())).vocab)
         greedy, default = DecodeConfig(method="greedy", name_novel=False, block_repeats=False), DecodeConfig()
         for c in shipped.values():  # warm-up
