@@ -65,9 +65,9 @@ def variants(checkpoint: Path, workdir: Path, also: list[Path]) -> dict[str, Cap
     return out
 
 
-def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -> None:
+def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -> tuple:
     """What the int8 decoder costs: both decoders scored on the same images, the paired 95% interval of the
-    difference (`captioning.bootstrap`), and how many captions changed."""
+    difference (`captioning.bootstrap`), and how many captions changed. Returns both scores."""
     from captioning import bootstrap
     from captioning.evaluate import score_split
     from captioning.formats import open_split
@@ -83,6 +83,16 @@ def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -
           f"{b.corpus['CIDEr']:.4f} int8, int8 - fp32 {delta['CIDEr'].delta.text(4)}; BLEU-4 "
           f"{a.corpus['BLEU-4']:.4f}, {b.corpus['BLEU-4']:.4f}, {delta['BLEU-4'].delta.text(4)}; "
           f"{same} of {len(pa)} captions the same")  # fmt: skip
+    return a, b
+
+
+def pooled(parts: list) -> object:
+    """Several splits' scores as one set of images (CIDEr: the mean of the per-image scores over all of them)."""
+    from captioning.metrics import CaptionScores
+
+    per_image = {i: s for part in parts for i, s in part.per_image.items()}
+    cider = sum(s["CIDEr"] for s in per_image.values()) / len(per_image)
+    return CaptionScores({"CIDEr": cider}, {i: {"CIDEr": s["CIDEr"]} for i, s in per_image.items()}, [], len(per_image))
 
 
 def timed(captioner: Captioner, image, decoding: DecodeConfig) -> tuple[float, float, float]:
@@ -106,9 +116,13 @@ def main() -> None:
     parser.add_argument("--heldout-ids", type=Path, help="and on these train images (the protocol's held-out set)")
     args = parser.parse_args()
     if args.quality:
-        quality(args.checkpoint, args.quality, "val")
+        scored = [quality(args.checkpoint, args.quality, "val")]
         if args.heldout_ids:
-            quality(args.checkpoint, args.quality, "train", args.heldout_ids)
+            from captioning import bootstrap
+
+            scored.append(quality(args.checkpoint, args.quality, "train", args.heldout_ids))
+            a, b = pooled([fp32 for fp32, _ in scored]), pooled([int8 for _, int8 in scored])
+            print(f"both ({a.images} images): CIDEr int8 - fp32 {bootstrap.compare(a, b)['CIDEr'].delta.text(4)}")
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     images = [load_image(p) for p in sorted(SAMPLE_VAL.glob("*.jpg"))[:8]]
