@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python -m benchmarks.bench_inference [--repeats 40] [--checkpoint captioning/shipped/default.pt]
      [--quality ../shared/data/coco [--heldout-ids runs/select/ids/train-heldout-ids.txt]]
-     (also what the int8 decoder costs on val, and on the protocol's held-out train images)
+     (also what the fast path, onnxruntime encoder + int8 decoder, costs in quality against all-PyTorch fp32 on
+      val, and on the protocol's held-out train images)
 
 The seed's pipeline is ResNet-50 (random weights: timing only) + the Show-and-Tell LSTM, greedy, with its decoder
 biased to end captions after about 10 words as a trained one does. Each variant of the shipped model (beam 3, the
@@ -47,14 +48,15 @@ def variants(checkpoint: Path, workdir: Path, also: list[Path]) -> dict[str, Cap
     from captioning.export import ExportedModel, export, exported_captioner, paths
 
     shipped = Captioner.from_checkpoint(checkpoint, device="cpu")
-    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
-    int8 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8")
-    out = {f"shipped, as it runs ({shipped.info['precision']} decoder)": shipped, "shipped, fp32 decoder": fp32}
+    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32", encoder="torch")
+    int8 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8", encoder="torch")
+    how = f"{shipped.info['precision']} decoder, {shipped.info['encoder']} encoder"
+    out = {f"shipped, as it runs ({how})": shipped, "shipped, all PyTorch fp32": fp32}
     files = export(checkpoint, workdir / "model.onnx")
     encoder = ExportedModel(paths(files["encoder"]), fp32.model.cfg)
     out["shipped, fp32, encoder in onnxruntime"] = Captioner(encoder, fp32.vocab, "cpu", fp32.info, fp32.decoder)
     out["shipped, all in onnxruntime"] = exported_captioner(files["encoder"])
-    last = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    last = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32", encoder="torch")
     last.model.backbone.to(memory_format=torch.channels_last)
     out["shipped, fp32, channels_last"] = last
     out["shipped, int8 decoder"] = int8
@@ -66,21 +68,22 @@ def variants(checkpoint: Path, workdir: Path, also: list[Path]) -> dict[str, Cap
 
 
 def quality(checkpoint: Path, root: Path, split: str, ids: Path | None = None) -> tuple:
-    """What the int8 decoder costs: both decoders scored on the same images, the paired 95% interval of the
-    difference (`captioning.bootstrap`), and how many captions changed. Returns both scores."""
+    """What the fast path (onnxruntime encoder + int8 decoder) costs against PyTorch fp32: both scored on the
+    same images, the paired 95% interval of the difference (`captioning.bootstrap`), and how many captions
+    changed. Returns both scores."""
     from captioning import bootstrap
     from captioning.evaluate import score_split
     from captioning.formats import open_split
 
     images = open_split(root, split, ids_file=ids)
-    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32")
-    int8 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8")
-    (a, pa), (b, pb) = (score_split(c, images, DecodeConfig(), meteor=False) for c in (fp32, int8))
+    fp32 = Captioner.from_checkpoint(checkpoint, device="cpu", precision="fp32", encoder="torch")
+    fast = Captioner.from_checkpoint(checkpoint, device="cpu", precision="int8", encoder="onnxruntime")
+    (a, pa), (b, pb) = (score_split(c, images, DecodeConfig(), meteor=False) for c in (fp32, fast))
     same = sum(pa[i] == pb[i] for i in pa)
     delta = bootstrap.compare(a, b)
     where = f"{split}{' held-out' if ids else ''} ({a.images} images, default decoding)"
     print(f"{where}: CIDEr {a.corpus['CIDEr']:.4f} fp32, "
-          f"{b.corpus['CIDEr']:.4f} int8, int8 - fp32 {delta['CIDEr'].delta.text(4)}; BLEU-4 "
+          f"{b.corpus['CIDEr']:.4f} fast, fast - fp32 {delta['CIDEr'].delta.text(4)}; BLEU-4 "
           f"{a.corpus['BLEU-4']:.4f}, {b.corpus['BLEU-4']:.4f}, {delta['BLEU-4'].delta.text(4)}; "
           f"{same} of {len(pa)} captions the same")  # fmt: skip
     return a, b
@@ -111,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
-    parser.add_argument("--quality", type=Path, metavar="COCO_ROOT", help="also score fp32 and int8 decoders on val")
+    parser.add_argument("--quality", type=Path, metavar="COCO_ROOT", help="also score fp32 and the fast path on val")
     parser.add_argument("--also", type=Path, nargs="*", default=[], help="other checkpoints to time as they run")
     parser.add_argument("--heldout-ids", type=Path, help="and on these train images (the protocol's held-out set)")
     args = parser.parse_args()
@@ -122,7 +125,7 @@ def main() -> None:
 
             scored.append(quality(args.checkpoint, args.quality, "train", args.heldout_ids))
             a, b = pooled([fp32 for fp32, _ in scored]), pooled([int8 for _, int8 in scored])
-            print(f"both ({a.images} images): CIDEr int8 - fp32 {bootstrap.compare(a, b)['CIDEr'].delta.text(4)}")
+            print(f"both ({a.images} images): CIDEr fast - fp32 {bootstrap.compare(a, b)['CIDEr'].delta.text(4)}")
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     images = [load_image(p) for p in sorted(SAMPLE_VAL.glob("*.jpg"))[:8]]

@@ -30,7 +30,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     n = min(len(split), args.limit) if args.limit else len(split)
     scored = []
     for name, checkpoint, ensemble in models:
-        captioner = _load_captioner(checkpoint, args.device, ensemble, args.precision)
+        captioner = _load_captioner(checkpoint, args.device, ensemble, args.precision, args.encoder)
         label = f"captioning {args.split}" + (f" with {name}" if args.compare else "")
         with tqdm(total=n, desc=label, unit="img", disable=args.json or None) as bar:
             scores, _ = score_split(

@@ -11,7 +11,10 @@ network runs in onnxruntime.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +104,43 @@ def export(checkpoint: Path, out: Path) -> dict[str, Path]:
             **{k: ckpt.get(k) or {} for k in ("concept_words", "metrics", "provenance")}}  # fmt: skip
     atomic_write_text(files["meta"], json.dumps(meta))
     return files
+
+
+def cache_root() -> Path:
+    """Where derived files that can be made again live: $CAPTIONING_CACHE, else ~/.cache/captioning."""
+    return Path(os.environ.get("CAPTIONING_CACHE") or Path.home() / ".cache" / "captioning")
+
+
+def encoder_digest(model) -> str:
+    """A name for the encoder's graph that changes with anything that changes its output: the backbone, its
+    input size, the feature kind and every weight (a fine-tuned CNN is a different encoder)."""
+    kind, size = feature_kind(model.cfg), get_spec(model.cfg.backbone).preprocess.size
+    digest = hashlib.sha256(f"{model.cfg.backbone}|{kind}|{size}|{OPSET}".encode())
+    for name, tensor in model.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"{model.cfg.backbone}-{digest.hexdigest()[:16]}"
+
+
+@torch.inference_mode(False)
+def cached_encoder(model, root: Path | None = None) -> ExportedModel:
+    """The model's encoder in onnxruntime, exported once into the cache (atomically: processes that start
+    together each write a whole file, and the last rename wins) and read from there afterwards."""
+    path = (root or cache_root()) / "onnx" / f"{encoder_digest(model)}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = get_spec(model.cfg.backbone).preprocess.size
+
+        def write(tmp: Path) -> None:
+            with torch.no_grad(), warnings.catch_warnings():  # the exporter's notes mean nothing to a user
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_Encoder(model).eval(), (torch.rand(2, 3, size, size),), str(tmp),
+                                  input_names=["pixels"], output_names=["features"],
+                                  dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                                  opset_version=OPSET, dynamo=False)  # fmt: skip
+
+        atomic_write(path, write)
+    return ExportedModel({"encoder": path}, model.cfg)
 
 
 class _Session:

@@ -21,6 +21,7 @@ from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary, detokenize
 
 PRECISIONS = ("auto", "fp32", "int8")
+ENCODERS = ("auto", "torch", "onnxruntime")
 
 
 def int8_decoder(decoder: torch.nn.Module) -> torch.nn.Module:
@@ -75,27 +76,43 @@ class Captioner:
         self.preprocess = model.spec.preprocess
         self.info = info or {}
         self._known = frozenset(vocab.itos)  # the words the decoder can say
+        self._onnx = None  # the encoder in onnxruntime, when `_at` chose it
 
     @classmethod
     def from_checkpoint(
-        cls, path: Path | str | None = None, device: str = "auto", precision: str = "auto"
+        cls, path: Path | str | None = None, device: str = "auto", precision: str = "auto", encoder: str = "auto"
     ) -> Captioner:
         """The model in `path` (default: `checkpoint.default_checkpoint()`). `precision`: "fp32", "int8" (the
         decoder's weights as int8 on the CPU, see `int8_decoder`), or "auto": what the checkpoint says it was
-        measured to keep (its `inference.decoder`), else fp32."""
+        measured to keep (its `inference.decoder`), else fp32. `encoder`: "torch", "onnxruntime" (on the CPU: the
+        same network exported once into the cache, `export.cached_encoder`), or "auto": the checkpoint's
+        `inference.encoder`, else torch."""
         path = path or default_checkpoint()
         ckpt = load_checkpoint(Path(path))
         model, vocab = model_from_checkpoint(ckpt, source=str(path))
         info = {k: ckpt.get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info["path"] = str(path)
-        return cls(model, vocab, device, info)._at(precision, ckpt)
+        return cls(model, vocab, device, info)._at(precision, ckpt, encoder)
 
-    def _at(self, precision: str, ckpt: dict) -> Captioner:
+    def _at(self, precision: str, ckpt: dict, encoder: str = "auto") -> Captioner:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
+        said = ckpt.get("inference") if isinstance(ckpt.get("inference"), dict) else {}
         if precision == "auto":
-            said = (ckpt.get("inference") or {}).get("decoder") if isinstance(ckpt.get("inference"), dict) else None
-            precision = "int8" if said == "int8" else "fp32"
+            precision = "int8" if said.get("decoder") == "int8" else "fp32"
+        if encoder == "auto":
+            encoder = "onnxruntime" if said.get("encoder") == "onnxruntime" else "torch"
+        if encoder == "onnxruntime" and self.device.type == "cpu" and getattr(self.model, "backbone", None) is not None:
+            try:
+                from captioning.export import cached_encoder
+
+                self._onnx = cached_encoder(self.model)
+            except Exception as exc:  # noqa: BLE001 (no onnxruntime, a read-only cache, an op it lacks: torch works)
+                warnings.warn(f"the onnxruntime encoder is not available ({exc}); using PyTorch's", stacklevel=2)
+                self._onnx = None
+        self.info["encoder"] = "onnxruntime" if self._onnx is not None else "torch"
         if precision == "int8" and self.device.type == "cpu":  # int8 kernels are the CPU's; a GPU keeps fp32
             try:
                 self.decoder = int8_decoder(self.decoder)
@@ -105,10 +122,12 @@ class Captioner:
         return self
 
     @classmethod
-    def from_checkpoints(cls, paths: list[Path | str], device: str = "auto", precision: str = "auto") -> Captioner:
+    def from_checkpoints(
+        cls, paths: list[Path | str], device: str = "auto", precision: str = "auto", encoder: str = "auto"
+    ) -> Captioner:
         """One checkpoint, or an ensemble of several (see `ensemble`) that share a backbone and a vocabulary."""
         if len(paths) == 1:
-            return cls.from_checkpoint(paths[0], device, precision)
+            return cls.from_checkpoint(paths[0], device, precision, encoder)
         ckpts = [load_checkpoint(Path(p)) for p in paths]
         # the encoder runs once, for the first member that reads the grid (if any): pooled members take its mean
         first = next((i for i, c in enumerate(ckpts) if c["model_config"].get("decoder") == "attention"), 0)
@@ -121,7 +140,7 @@ class Captioner:
         decoder = EnsembleDecoder([m.decoder for m, _ in loaded])
         info = {k: ckpts[first].get(k, {}) for k in ("model_config", "metrics", "provenance", "concept_words")}
         info.update(path=str(paths[first]), members=[str(p) for p in paths])
-        return cls(model, vocab, device, info, decoder)._at(precision, ckpts[first])
+        return cls(model, vocab, device, info, decoder)._at(precision, ckpts[first], encoder)
 
     @property
     def can_guide(self) -> bool:
@@ -131,6 +150,8 @@ class Captioner:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Features of preprocessed images (B, 3, S, S) (`loader` makes them): (B, C) or (B, N, C)."""
+        if self._onnx is not None:
+            return self._onnx.encode(pixels)
         return self.model.encode(pixels.to(self.device))
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:

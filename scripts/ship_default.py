@@ -2,7 +2,7 @@
 map learned from the same training images it trained on (never the held-out ones: the run's --train-ids), the
 decoder precision the protocol measured, and its training log beside it.
 
-Run: .venv/bin/python -m scripts.ship_default --run runs/select/lite0-seed0 [--precision int8]
+Run: .venv/bin/python -m scripts.ship_default --run runs/select/lite0-seed0 [--precision int8] [--encoder onnxruntime]
          [--out captioning/shipped]
 """
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished run folder (best.pt, config.json, log)")
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="the decoder's, on the CPU")
+    parser.add_argument("--encoder", choices=("torch", "onnxruntime"), default="torch", help="what runs it on the CPU")
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
 
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     if cli(words) != 0:
         raise SystemExit("could not learn the concept words")
     ckpt = load_checkpoint(target)
-    ckpt["inference"] = {"decoder": args.precision}  # what `Captioner(precision="auto")` uses on the CPU
+    ckpt["inference"] = {"decoder": args.precision, "encoder": args.encoder}  # what "auto" uses on the CPU
     ckpt.pop("train_state", None)
     save_checkpoint(target, ckpt)
     shutil.copyfile(args.run / "metrics.jsonl", args.out / "default-metrics.jsonl")
-    print(f"{target}: {args.run.name}, decoder {args.precision} on the CPU; its log in default-metrics.jsonl")
+    how = f"decoder {args.precision}, encoder {args.encoder} on the CPU"
+    print(f"{target}: {args.run.name}, {how}; its log in default-metrics.jsonl")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,36 @@ def test_auto_follows_what_the_checkpoint_says_and_a_flag_overrides_it(tiny_chec
     assert json.loads(run().stdout)[0]["caption"] and json.loads(run("--precision", "fp32").stdout)[0]["caption"]
     bad = run("--precision", "half")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_onnxruntime_encoder_matches_torch_and_is_exported_once_into_the_cache(
+    tiny_attention_checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "cache"))
+    image = Image.new("RGB", (96, 96), (200, 30, 30))
+    torch_side = Captioner.from_checkpoint(tiny_attention_checkpoint, device="cpu", encoder="torch")
+    ort_side = Captioner.from_checkpoint(tiny_attention_checkpoint, device="cpu", encoder="onnxruntime")
+    assert (torch_side.info["encoder"], ort_side.info["encoder"]) == ("torch", "onnxruntime")
+    pixels = torch_side.preprocess(image).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.allclose(torch_side.encode(pixels), ort_side.encode(pixels), atol=1e-4)
+    assert ort_side.caption([image])[0].words == torch_side.caption([image])[0].words
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    Captioner.from_checkpoint(tiny_attention_checkpoint, device="cpu", encoder="onnxruntime")
+    assert exported[0].stat().st_mtime_ns == stamp  # read back, not exported again
+
+    marked = tmp_path / "marked.pt"
+    torch.save({**load_checkpoint(tiny_attention_checkpoint), "inference": {"encoder": "onnxruntime"}}, marked)
+    assert Captioner.from_checkpoint(marked, device="cpu").info["encoder"] == "onnxruntime"  # auto follows it
+    assert Captioner.from_checkpoint(marked, device="cpu", encoder="torch").info["encoder"] == "torch"
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("CAPTIONING_CACHE", str(blocked))
+    with pytest.warns(UserWarning, match="onnxruntime encoder is not available"):
+        fallback = Captioner.from_checkpoint(marked, device="cpu")
+    assert fallback.info["encoder"] == "torch" and fallback.caption([image])[0].words
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        Captioner.from_checkpoint(marked, device="cpu", encoder="tensorrt")

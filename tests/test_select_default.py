@@ -44,8 +44,12 @@ def test_the_protocol_trains_scores_compares_and_a_rerun_reuses_everything(tiny_
     from scripts import ship_default
 
     shipped = tmp_path / "shipped"
-    ship_default.main(["--run", str(out / "lite0-seed1"), "--precision", "int8", "--out", str(shipped)])
+    ship_default.main(["--run", str(out / "lite0-seed1"), "--precision", "int8", "--encoder", "onnxruntime",
+                       "--out", str(shipped)])  # fmt: skip
     ckpt = load_checkpoint(shipped / "default.pt")
-    assert ckpt["inference"] == {"decoder": "int8"} and "concept_words" in ckpt and "train_state" not in ckpt
+    assert ckpt["inference"] == {"decoder": "int8", "encoder": "onnxruntime"}
+    assert "concept_words" in ckpt and "train_state" not in ckpt
     assert (shipped / "default-metrics.jsonl").read_bytes() == (out / "lite0-seed1" / "metrics.jsonl").read_bytes()
-    assert Captioner.from_checkpoint(shipped / "default.pt", device="cpu").info["precision"] == "int8"
+    monkeypatch.setenv("CAPTIONING_CACHE", str(tmp_path / "cache"))
+    info = Captioner.from_checkpoint(shipped / "default.pt", device="cpu").info
+    assert (info["precision"], info["encoder"]) == ("int8", "onnxruntime")
