@@ -38,6 +38,16 @@ def header(scores_file: Path = SHIPPED / "default-scores.json") -> str:
         "    metrics:",
     ]
     lines += [f"    - {{type: {kind}, name: {name}, value: {scores[name]:.4f}}}" for name, kind in METRICS.items()]
+    held = recorded.get("heldout")
+    if held:  # the protocol's held-out train images: no decision used them
+        where = f"{held['split']} ({held['images']} images)"
+        lines += [
+            "  - task: {type: image-to-text, name: Image captioning}",
+            f"    dataset: {{type: coco, name: COCO 2017 captions, split: '{where}'}}",
+            "    metrics:",
+        ]
+        lines += [f"    - {{type: {kind}, name: {name}, value: {held[name]:.4f}}}" for name, kind in METRICS.items()
+                  if name in held]  # fmt: skip
     return "\n".join(lines + ["---", ""])
 
 

@@ -1,7 +1,8 @@
 """Scores and examples for the model card: greedy and beam 1/3/5 on a split, plus sample captions.
 
 Run: .venv/bin/python -m scripts.evaluate_default --checkpoint captioning/shipped/default.pt \
-         --coco-root ../shared/data/coco --split val --train-split train
+         --coco-root ../shared/data/coco --split val --train-split train \
+         [--heldout-ids runs/select/ids/train-heldout-ids.txt] [--out captioning/shipped/default-scores.json]
 Prints a markdown table, diversity figures and 10 example captions with their references.
 """
 
@@ -15,6 +16,7 @@ from captioning.config import DecodeConfig
 from captioning.data import CocoSplit
 from captioning.evaluate import evaluate
 from captioning.inference import Captioner
+from captioning.io import atomic_write_text
 from captioning.vocab import tokenize
 
 # (label, decoding): "beam 3" is DecodeConfig(), the app's, the CLI's and Python's default; the last two rows
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--examples", type=int, default=10)
     parser.add_argument("--out", type=Path, help="also write the scores as JSON here")
+    parser.add_argument("--heldout-ids", type=Path, help="also score beam 3 on these train images (the protocol's)")
     args = parser.parse_args()
     captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
     split = CocoSplit.load(args.coco_root, args.split)
@@ -73,10 +76,14 @@ def main() -> None:
     print()
     table = {k: {m: v for m, v in r.items() if m != "captions"} for k, r in results.items()}
     print(json.dumps(table))
+    recorded = {"split": args.split, "checkpoint": str(args.checkpoint), "scores": table}
+    if args.heldout_ids:  # the images the protocol held out of training: a score no decision has used
+        held = CocoSplit.load(args.coco_root, args.train_split, ids_file=args.heldout_ids)
+        scores, _, _ = evaluate(captioner, held, DecodeConfig())
+        recorded["heldout"] = {"split": f"{args.train_split}, held out", "ids_file": args.heldout_ids.name, **scores}
+        print(f"held-out {args.train_split} ({scores['images']} images), beam 3: CIDEr {scores['CIDEr']:.3f}")
     if args.out:
-        args.out.write_text(
-            json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), "scores": table}, indent=2)
-        )
+        atomic_write_text(args.out, json.dumps(recorded, indent=2))
 
 
 if __name__ == "__main__":

@@ -78,3 +78,18 @@ def test_the_card_opens_with_hugging_face_front_matter_holding_the_recorded_scor
     recorded = json.loads(SCORES.read_text())["scores"]["beam 3"]
     assert card.startswith(header()) and "pipeline_tag: image-to-text" in card.split("\n---\n")[0]
     assert f"name: CIDEr, value: {recorded['CIDEr']:.4f}" in card
+
+
+def test_the_card_header_lists_the_held_out_split_beside_val_when_it_was_scored(tmp_path):
+    from captioning.card import header
+
+    scores = {"BLEU-4": 0.25, "METEOR": 0.22, "ROUGE-L": 0.49, "CIDEr": 0.75, "images": 250}
+    recorded = {"split": "val", "scores": {"beam 3": scores}}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(recorded))
+    assert "held out" not in header(path) and header(path).count("- task:") == 1
+    recorded["heldout"] = {**scores, "split": "train, held out", "images": 300, "CIDEr": 0.7123}
+    path.write_text(json.dumps(recorded))
+    head = header(path)
+    assert head.count("- task:") == 2 and "split: 'train, held out (300 images)'" in head
+    assert "name: CIDEr, value: 0.7123" in head and "name: CIDEr, value: 0.7500" in head
