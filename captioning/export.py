@@ -127,6 +127,11 @@ def cached_encoder(model, root: Path | None = None) -> ExportedModel:
     """The model's encoder in onnxruntime, exported once into the cache (atomically: processes that start
     together each write a whole file, and the last rename wins) and read from there afterwards."""
     path = (root or cache_root()) / "onnx" / f"{encoder_digest(model)}.onnx"
+    if path.is_file():
+        try:
+            return ExportedModel({"encoder": path}, model.cfg)
+        except Exception:  # noqa: BLE001 (a damaged or foreign file under that name: make it again)
+            path.unlink(missing_ok=True)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         size = get_spec(model.cfg.backbone).preprocess.size

@@ -70,6 +70,9 @@ def test_the_onnxruntime_encoder_matches_torch_and_is_exported_once_into_the_cac
     stamp = exported[0].stat().st_mtime_ns
     Captioner.from_checkpoint(tiny_attention_checkpoint, device="cpu", encoder="onnxruntime")
     assert exported[0].stat().st_mtime_ns == stamp  # read back, not exported again
+    exported[0].write_bytes(b"not an onnx graph")  # a damaged cache file is made again, not a lasting fallback
+    again = Captioner.from_checkpoint(tiny_attention_checkpoint, device="cpu", encoder="onnxruntime")
+    assert again.info["encoder"] == "onnxruntime" and exported[0].stat().st_size > 1000
 
     marked = tmp_path / "marked.pt"
     torch.save({**load_checkpoint(tiny_attention_checkpoint), "inference": {"encoder": "onnxruntime"}}, marked)
