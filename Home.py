@@ -77,6 +77,10 @@ for k, result in enumerate(results):
     if cap.named:
         right.caption(f"The subject is named after the encoder's class *{ui.plain(cap.named[0], 40)}* "
                       f"({100 * cap.named[1]:.0f}%), a word the model's vocabulary lacks.")  # fmt: skip
+    if cap.required:
+        said = ", ".join(ui.plain(w, 30) for w in cap.required.words[:4])
+        right.caption(f"Constrained to say one of *{said}*: the encoder is {100 * cap.required.prob:.0f}% sure of "
+                      f"*{ui.plain(cap.required.noun, 40)}*.")  # fmt: skip
     if result.name in references:
         right.markdown("**Reference captions** (written by people for COCO)")
         right.markdown("\n".join(f"- {ui.plain(r, 200)}" for r in references[result.name]))

@@ -15,7 +15,7 @@ from app.render import plain
 from app.uploads import MAX_FILES, UploadResult, caption_files, thumbnail_jpeg
 from captioning import formats, rundir
 from captioning.checkpoint import CheckpointError
-from captioning.config import METHODS, DecodeConfig
+from captioning.config import CONSTRAIN_THRESHOLD, METHODS, DecodeConfig
 from captioning.data import DOWNLOAD_HINT, CocoSplit, DatasetError, ImageLoadError, load_image, parse_ids, split_paths
 from captioning.decodebudget import DECODES
 from captioning.inference import Captioner
@@ -126,7 +126,11 @@ def decoding_controls() -> DecodeConfig:
     max_len = st.sidebar.slider("Maximum length (words)", 5, 40, base.max_len, help=_help("max_len"))
     block = st.sidebar.checkbox("Block repeated phrases", value=base.block_repeats, help=_help("block_repeats"))
     novel = st.sidebar.checkbox("Name what the vocabulary lacks", value=base.name_novel, help=_help("name_novel"))
-    return replace(base, method=method, beam_size=beam, max_len=max_len, block_repeats=block, name_novel=novel)
+    sure = st.sidebar.checkbox("Say what the encoder is sure of", value=bool(base.constrain), help=_help("constrain"))
+    constrain = (base.constrain or CONSTRAIN_THRESHOLD) if sure else 0.0
+    return replace(
+        base, method=method, beam_size=beam, max_len=max_len, block_repeats=block, name_novel=novel, constrain=constrain
+    )
 
 
 def dataset_picker(prefer: str = "val", label: str = "Split") -> tuple[catalog.DatasetEntry, str]:

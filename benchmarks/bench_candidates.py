@@ -1,12 +1,12 @@
-"""Decoding candidates against the default decoding (constrained beam search at several thresholds, test-time
-flip): COCO scores with paired intervals, and the everyday photos whose subject the caption names.
+"""Decoding candidates against the default decoding (no constraint, constrained beam search at other thresholds,
+test-time flip): COCO scores with paired intervals, and the everyday photos whose subject the caption names.
 
 Run: .venv/bin/python -m benchmarks.bench_candidates [--coco-root ../shared/data/coco] [--split val]
-     [--ids-file F] [--everyday cache/everyday] [--checkpoint CKPT] [--thresholds 0.3 0.5 0.7]
+     [--ids-file F] [--everyday cache/everyday] [--checkpoint CKPT] [--thresholds 0.3 0.4 0.6]
 
 Each candidate's captions are scored on the same images as the default's, and the difference in CIDEr gets its
 paired 95% bootstrap interval (`captioning.bootstrap`). Decoding is the default (beam 3, naming on, repeats
-blocked) with one change: `constrain=THRESHOLD`, or `flip`.
+blocked, constrained at 0.5) with one change: `constrain=0` (off) or another THRESHOLD, or `flip`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ def main() -> None:
     parser.add_argument("--ids-file", type=Path)
     parser.add_argument("--everyday", type=Path, default=Path("cache/everyday"))
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.6])
     args = parser.parse_args()
 
     captioner = Captioner.from_checkpoint(args.checkpoint, device="cpu")
     split = open_split(args.coco_root, args.split, ids_file=args.ids_file)
     base = DecodeConfig()
-    decodings = {"default": base} | {f"constrain {t}": replace(base, constrain=t) for t in args.thresholds}
+    decodings = {"default": base, "no constraint": replace(base, constrain=0.0)}
+    decodings |= {f"constrain {t}": replace(base, constrain=t) for t in args.thresholds if t != base.constrain}
     decodings["flip"] = replace(base, flip=True)
     captions = {name: caption_split(captioner, split, split.ids, d) for name, d in decodings.items()}
     scored = {name: score_captions(c, split.captions, meteor=False) for name, c in captions.items()}

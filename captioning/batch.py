@@ -137,6 +137,7 @@ def record(name: str, cap) -> dict:
         "alternatives": [{"caption": h.text, "score": h.score} for h in cap.alternatives],
         "tags": [{"label": label, "prob": p} for label, p in cap.tags],  # the encoder's ImageNet top 5
         "named": {"label": cap.named[0], "prob": cap.named[1]} if cap.named else None,
+        "required": {"noun": r.noun, "prob": r.prob, "words": list(r.words)} if (r := cap.required) else None,
         "unsure": cap.unsure,  # "" when the model has no reason to doubt the caption
         "doubts": cap.doubts,
     }

@@ -142,12 +142,13 @@ class DecodeConfig:
         validation=False,
     )
     constrain: float = option(
-        0.0,
-        "constrained beam search: when the encoder's top ImageNet class has at least THRESHOLD probability and the "
-        "checkpoint learned caption words for it (cat, dog, bus), the caption must contain one "
-        f"(bare flag: {CONSTRAIN_THRESHOLD}; needs concept words)",
+        CONSTRAIN_THRESHOLD,
+        "constrained beam search: when the encoder is at least THRESHOLD sure of something the vocabulary can say "
+        "(its ImageNet classes pooled by name, the dog breeds as dog), the caption must contain the word (dog, dogs) "
+        "or one the checkpoint learned for the class (orange: fruit); 0 turns it off",
         const=CONSTRAIN_THRESHOLD,
         metavar="THRESHOLD",
+        off_flag="--no-constrain",
         validation=False,
     )
 
@@ -170,7 +171,7 @@ class DecodeConfig:
 
 
 # Validation scores the decoder alone (no naming, no guidance), greedily: a third of beam search's time per epoch.
-VAL_DECODING = DecodeConfig(method="greedy", name_novel=False)
+VAL_DECODING = DecodeConfig(method="greedy", name_novel=False, constrain=0.0)
 VAL_PREFIX = "val_"  # the validation decoding's fields, flat in config.json and on the command line
 
 
@@ -285,8 +286,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at least 1 (got {self.max_steps})")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive (got {self.lr})")
-        if self.val_decoding.name_novel or self.val_decoding.guide:
-            raise ValueError("validation scores the decoder alone: its decoding cannot name or guide")
+        if self.val_decoding.name_novel or self.val_decoding.guide or self.val_decoding.constrain:
+            raise ValueError("validation scores the decoder alone: its decoding cannot name, guide or constrain")
         if self.model.finetune_cnn and not self.end_to_end:
             raise ValueError("finetune_cnn needs end_to_end (cached features come from a frozen CNN)")
 

@@ -1,6 +1,6 @@
 """Constrained beam search (Anderson et al. 2017, "Guided Open Vocabulary Image Captioning with Constrained Beam
-Search"), for one constraint per image: the caption must contain one of a set of words (the words learned for
-the ImageNet class the encoder is sure of: cat -> cat, cats, kitten).
+Search"), for one constraint per image: the caption must contain one of a set of words, the ones that say what
+the encoder is sure of (`targets`: a Pekinese at 0.76 -> dog, dogs).
 
 Each image keeps two beams of k hypotheses: those that have not said a target word yet (group 0) and those
 that have (group 1). A group-0 hypothesis extended by a target word moves to group 1; only group 1 may end, so
@@ -11,15 +11,116 @@ whose constraint cannot be met within the maximum length gets its unconstrained 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from captioning import repeats
 from captioning.config import DecodeConfig
 from captioning.decoding import Hypothesis, _allowed, _hypothesis, _reorder, beam_search
+from captioning.naming import THRESHOLD as NAMING_THRESHOLD
+from captioning.naming import class_nouns
 from captioning.vocab import Vocabulary
 
 _NEG = float("-inf")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one image's caption must say: one of `ids` (`words`), because the encoder is `prob` sure of `noun`."""
+
+    noun: str  # what a caption would call the class ("dog" for a Pekinese), or its label when that is no one word
+    prob: float  # the probability of every class called that, summed
+    words: tuple[str, ...]
+    ids: tuple[int, ...]
+
+
+def targets(
+    probs: torch.Tensor,
+    labels: tuple[str, ...],
+    vocab: Vocabulary,
+    threshold: float,
+    concept_words: dict[str, list[str]] | None = None,
+    name_novel: bool = True,
+) -> list[Target | None]:
+    """Per image, what its caption must say (None: nothing), from the encoder's class probabilities `probs`
+    (B, 1000).
+
+    The classes are pooled by what a caption would call them, their name's last word with the 118 dog breeds as
+    "dog" (`naming.class_nouns`: Egyptian cat + tiger cat + Persian cat -> cat), so that an encoder sure of a dog
+    but not of its breed counts as sure. When the likeliest such noun holds at least `threshold`:
+    - a noun the vocabulary can say (dog, bridge, orange) is the target, with its plural (and "dog" for "hotdog",
+      which captions also write "hot dog");
+    - for a noun it cannot say (trolleybus, tripod), the words `concept_words` learned for the noun's likeliest
+      class are (trolleybus -> bus, city, street), and none when `name_novel` will name it after decoding anyway
+      (the top class at the naming threshold or above): a stand-in word would keep naming from saying the real
+      one. The learned words of a class whose noun can be said are not used: they hold the scene as well as the
+      subject (analog clock -> clock, atop, building), and "building" is no way to say "clock".
+    """
+    nouns = class_nouns(labels)
+    group_of = {noun: g for g, noun in enumerate(dict.fromkeys(nouns))}
+    groups = torch.tensor([group_of[n] if n else len(group_of) + c for c, n in enumerate(nouns)])
+    names = list(group_of) + [""] * len(nouns)
+    probs = probs.float().cpu()
+    mass = torch.zeros(probs.size(0), len(names)).index_add_(1, groups, probs)
+    out: list[Target | None] = []
+    for b, (p, g) in enumerate(zip(*mass.max(dim=1))):
+        noun, members = names[g], torch.nonzero(groups == g).flatten()
+        top = int(members[probs[b, members].argmax()])
+        if _sayable(noun, vocab):
+            words = [noun, *_open_compound(noun, vocab)]
+        elif name_novel and noun and float(probs[b, top]) >= NAMING_THRESHOLD:
+            words = []
+        else:
+            words = list((concept_words or {}).get(str(top), []))
+        ids = _ids(words, vocab)
+        found = float(p) >= threshold and ids
+        out.append(Target(noun or labels[top], float(p), tuple(vocab.itos[i] for i in ids), ids) if found else None)
+    return out
+
+
+def _sayable(noun: str, vocab: Vocabulary) -> bool:
+    return bool(noun) and noun not in repeats.FUNCTION_WORDS and (noun in vocab.stoi or f"{noun}s" in vocab.stoi)
+
+
+def _open_compound(noun: str, vocab: Vocabulary) -> list[str]:
+    """The last part of a closed compound that captions also write as two words the vocabulary has (hotdog: "hot
+    dog", so "dog" says it; sunglasses: "sun glasses"), else []."""
+    for i in range(3, len(noun) - 2):
+        first, last = noun[:i], noun[i:]
+        if first in vocab.stoi and last in vocab.stoi and last not in repeats.FUNCTION_WORDS:
+            return [last]
+    return []
+
+
+def _ids(words: list[str], vocab: Vocabulary) -> tuple[int, ...]:
+    """The vocabulary ids of `words` and of their plurals (a caption that says "boats" has said "boat"), in
+    that order."""
+    forms = [f for w in words for f in (w, f"{w}s", f"{w}es", f"{w[:-1]}ies" if w.endswith("y") else w)]
+    return tuple(dict.fromkeys(vocab.stoi[f] for f in forms if f in vocab.stoi and f not in repeats.FUNCTION_WORDS))
+
+
+@torch.inference_mode()
+def meet(
+    decoder: nn.Module,
+    feats: torch.Tensor,
+    vocab: Vocabulary,
+    cfg: DecodeConfig,
+    targets: list[list[int]],
+    found: list[list[Hypothesis]],
+) -> list[list[Hypothesis]]:
+    """`found` (plain decoding's captions per image, best first) where the best caption holds one of its image's
+    `targets` or none is asked; constrained beam search's captions for the rest. So the constraint changes only a
+    caption that misses what the encoder is sure of, and costs a second search only there."""
+    unmet = [b for b, t in enumerate(targets) if t and not set(found[b][0].ids) & set(t)]
+    if not unmet:
+        return found
+    index = torch.tensor(unmet, device=feats.device)
+    out = list(found)
+    for b, hyps in zip(unmet, _search(decoder, feats.index_select(0, index), vocab, cfg, [targets[b] for b in unmet])):
+        out[b] = hyps or found[b]  # no caption could say it within the maximum length: the plain ones
+    return out
 
 
 @torch.inference_mode()

@@ -42,15 +42,18 @@ def decode(
 
     `cfg.block_repeats` forbids echoes (see `repeats`). `guide` (from `guidance.guide_bonus`, sized by
     `cfg.guide`) rewards each image's target words until its caption says one. `constraint` (per image, word
-    ids; empty for none) makes each caption contain one of its words (`constrained`, `cfg.constrain`).
+    ids; empty for none) makes each caption contain one of its words: an image whose best caption misses them all
+    is decoded again by constrained beam search (`constrained.meet`, `cfg.constrain`).
     """
-    if constraint is not None and any(constraint):
-        from captioning.constrained import constrained_beam_search
-
-        return constrained_beam_search(decoder, feats, vocab, cfg, constraint)
     if cfg.method == "greedy":
-        return [[h] for h in greedy(decoder, feats, vocab, cfg, guide)]
-    return beam_search(decoder, feats, vocab, cfg, guide)
+        found = [[h] for h in greedy(decoder, feats, vocab, cfg, guide)]
+    else:
+        found = beam_search(decoder, feats, vocab, cfg, guide)
+    if constraint is not None and any(constraint):
+        from captioning.constrained import meet
+
+        found = meet(decoder, feats, vocab, cfg, constraint, found)
+    return found
 
 
 Guide = tuple[torch.Tensor, list[list[int]]]  # (B, V) log-probability bonus, each image's target word ids

@@ -78,6 +78,11 @@ def _add(parser: argparse.ArgumentParser, flag: Flag, fill: bool) -> None:
     parser.add_argument(
         flag.option, *meta.get("aliases", ()), type=flag.kind, choices=meta["choices"], required=required, **kw
     )
+    if meta.get("off_flag") and not flag.name.startswith(VAL_PREFIX):  # a number whose 0 is off: --no-constrain
+        off = flag.kind(0)  # added after the flag itself: argparse takes the first one's default
+        parser.add_argument(
+            meta["off_flag"], dest=flag.name, action="store_const", const=off, help=f"the same as {flag.option} 0 (off)"
+        )
     if meta.get("none_flag"):
         parser.add_argument(
             meta["none_flag"], dest=flag.name, action="store_const", const=_NONE, help=meta["none_help"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from captioning import concepts, doubt, naming
+from captioning import concepts, constrained, doubt, naming
 from captioning.checkpoint import default_checkpoint, load_checkpoint, model_from_checkpoint
 from captioning.config import DecodeConfig
 from captioning.data import to_rgb
@@ -49,6 +49,7 @@ class Caption:
     named: tuple[str, float] | None = None  # the ImageNet class that named the subject (`naming`), its probability
     named_at: int | None = None  # the index in `words` of the named noun, whose probability is the class's
     cut: bool = False  # the caption reached the maximum length, where decoding makes it end
+    required: constrained.Target | None = None  # what constrained decoding made it say (`constrained.targets`)
     doubts: list[str] = field(default_factory=list)  # why not to trust it, in plain words (`doubt`); [] when none
 
     @property
@@ -185,18 +186,20 @@ class Captioner:
         """Captions of a batch of encoded images (`features`, `encode`). `pixels` (the preprocessed batch) and
         `sizes` (each image's width and height as read), where the caller has them, let the doubts say when an
         input is unlike a photo."""
-        if (decoding.guide or decoding.constrain) and not self.can_guide:
+        if decoding.guide and not self.can_guide:
             raise ValueError(
-                f"{'guided' if decoding.guide else 'constrained'} decoding needs a checkpoint with concept words "
-                "(python -m captioning concept-words) and an EfficientNet-Lite encoder"
+                "guided decoding needs a checkpoint with concept words (python -m captioning concept-words) and an "
+                "EfficientNet-Lite encoder"
             )
         probs = self._class_probabilities(feats)  # computed once: the tags and the guidance read it
         hint = constraint = None
         if decoding.guide:
             hint = guide_bonus(probs, self.info["concept_words"], self.vocab, bonus=decoding.guide)
-        if decoding.constrain:
-            words = self.info["concept_words"]
-            constraint = guide_bonus(probs, words, self.vocab, threshold=decoding.constrain, bonus=0.0)[1]
+        needs: list[constrained.Target | None] = [None] * feats.size(0)
+        if decoding.constrain and probs is not None:  # nothing to be sure of without an ImageNet head
+            labels, words = concepts.imagenet_labels(), self.info.get("concept_words")
+            needs = constrained.targets(probs, labels, self.vocab, decoding.constrain, words, decoding.name_novel)
+            constraint = [list(t.ids) if t else [] for t in needs]
         decoder, views = self.decoder, feats
         if decoding.flip:  # the mirror's features beside each image's own (`ensemble.FlipDecoder`)
             if pixels is None:
@@ -209,6 +212,7 @@ class Captioner:
         caps = [replace(c, cut=len(c.words) >= decoding.max_len) for c in caps]  # the decoder was made to end
         if decoding.name_novel and probs is not None:
             caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
+        caps = [replace(c, required=t) if t and set(t.words) & set(c.words) else c for c, t in zip(caps, needs)]
         return [self._doubt(c, None if pixels is None else pixels[i], sizes[i] if sizes else None)
                 for i, c in enumerate(caps)]  # fmt: skip
 

@@ -104,6 +104,11 @@ def answer(cap, details: bool) -> dict:
         out["words"] = [{"word": w, "prob": round(p, 4)} for w, p in zip(cap.words, cap.word_probs)]
         out["alternatives"] = [{"generated_text": h.text, "score": round(h.score, 4)} for h in cap.alternatives]
         out["tags"] = [{"label": label, "score": round(p, 4)} for label, p in cap.tags]
+        out["named"] = {"label": cap.named[0], "score": round(cap.named[1], 4)} if cap.named else None
+        found = cap.required  # what constrained decoding made the caption say
+        out["required"] = (
+            {"noun": found.noun, "score": round(found.prob, 4), "words": list(found.words)} if found else None
+        )
     return out
 
 
@@ -164,6 +169,7 @@ def build_app(captioner, model_info: dict | None = None):
         length_penalty: Annotated[float, Form()] = base.length_penalty,
         allow_repeats: Annotated[bool, Form()] = not base.block_repeats,
         name_novel: Annotated[bool, Form()] = base.name_novel,
+        constrain: Annotated[float, Form(description="0: off; see --constrain")] = base.constrain,
         details: Annotated[bool, Form(description="word probabilities, alternatives and tags too")] = False,
     ):
         if len(image) > MAX_FILES:
@@ -173,7 +179,7 @@ def build_app(captioner, model_info: dict | None = None):
         try:
             decoding = replace(base, method=method, beam_size=beam_size, max_len=max_len,
                                length_penalty=length_penalty, block_repeats=not allow_repeats,
-                               name_novel=name_novel)  # fmt: skip
+                               name_novel=name_novel, constrain=constrain)  # fmt: skip
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         names = [(f.filename or "image")[:100] for f in image]

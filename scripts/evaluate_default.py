@@ -20,13 +20,14 @@ from captioning.io import atomic_write_text
 from captioning.vocab import tokenize
 
 # (label, decoding): "beam 3" is DecodeConfig(), the app's, the CLI's and Python's default; the last two rows
-# show what naming and the repeat rules cost or give
+# show what naming, constrained decoding and the repeat rules cost or give
 RUNS = (
     ("greedy", DecodeConfig(method="greedy")),
     ("beam 1", DecodeConfig(beam_size=1)),
     ("beam 3", DecodeConfig()),
     ("beam 5", DecodeConfig(beam_size=5)),
     ("beam 3, no naming", DecodeConfig(name_novel=False)),
+    ("beam 3, no constraint", DecodeConfig(constrain=0.0)),
     ("beam 3, repeats allowed", DecodeConfig(block_repeats=False)),
 )
 

@@ -64,7 +64,7 @@ def test_an_old_config_with_flat_validation_settings_loads_them_into_its_decodin
     cfg = TrainConfig.from_dict(
         {"coco_root": "r", "out": "o", "val_method": "beam", "val_beam_size": 5, "val_limit": 9}
     )
-    assert cfg.val_decoding == DecodeConfig(method="beam", beam_size=5, name_novel=False)
+    assert cfg.val_decoding == DecodeConfig(method="beam", beam_size=5, name_novel=False, constrain=0.0)
     assert cfg.val_limit == 9 and cfg.to_dict()["val_method"] == "beam"  # still saved flat, as before
     assert TrainConfig.from_dict({"coco_root": "r", "out": "o"}).val_decoding == VAL_DECODING
 

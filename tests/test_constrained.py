@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captioning import concepts
 from captioning.config import DecodeConfig, ModelConfig
-from captioning.constrained import constrained_beam_search
+from captioning.constrained import constrained_beam_search, targets
 from captioning.decoding import beam_search, decode
 from captioning.model import CaptionModel
 from captioning.vocab import Vocabulary
@@ -62,3 +63,54 @@ def test_images_without_a_target_get_exactly_the_plain_beam_search():
 def test_constrain_must_be_a_probability():
     with pytest.raises(ValueError, match="constrain is a probability threshold"):
         DecodeConfig(constrain=1.5)
+
+
+# What the caption must say: the encoder's classes pooled by what a caption calls them.
+LABELS = concepts.imagenet_labels()
+SAYS = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *"a the dog dogs cat cats bridge fruit orange .".split()])
+
+
+def _probs(**by_label: float) -> torch.Tensor:
+    """(1, 1000) class probabilities: the given labels' (underscores for spaces), 0 for the rest."""
+    row = torch.zeros(1, len(LABELS))
+    for name, p in by_label.items():
+        row[0, LABELS.index(name.replace("_", " "))] = p
+    return row
+
+
+def test_dog_breeds_pool_into_a_dog_the_vocabulary_can_say():
+    # No breed reaches 0.5, but the encoder is 0.6 sure of a dog: the caption must say dog or dogs.
+    (found,) = targets(_probs(Pekinese=0.3, pug=0.2, Leonberg=0.1), LABELS, SAYS, 0.5)
+    assert found is not None and found.noun == "dog" and found.prob == pytest.approx(0.6, abs=1e-4)
+    assert found.words == ("dog", "dogs") and [SAYS.itos[i] for i in found.ids] == ["dog", "dogs"]
+    assert targets(_probs(Pekinese=0.3, pug=0.1), LABELS, SAYS, 0.5) == [None]  # 0.4: not sure enough
+
+
+def test_a_classes_last_word_is_its_noun_and_learned_words_stand_in_only_for_a_noun_it_cannot_say():
+    (bridge,) = targets(_probs(suspension_bridge=0.57, pier=0.25), LABELS, SAYS, 0.5)
+    assert bridge.words == ("bridge",)  # no "bridges" in this vocabulary
+    learned = {str(LABELS.index("orange")): ["fruit", "a"], str(LABELS.index("trolleybus")): ["cat", "unknown"]}
+    (orange,) = targets(_probs(orange=0.53, lemon=0.37), LABELS, SAYS, 0.5, learned)
+    assert orange.words == ("orange",)  # "orange" can be said: no stand-in
+    (trolley,) = targets(_probs(trolleybus=0.6), LABELS, SAYS, 0.5, learned)
+    assert trolley.noun == "trolleybus" and trolley.words == ("cat", "cats")  # words the vocabulary lacks dropped
+
+
+def test_what_naming_will_name_is_not_constrained_to_a_stand_in():
+    learned = {str(LABELS.index("tripod")): ["dog"]}  # a poor learned word for a class the vocabulary cannot name
+    assert targets(_probs(tripod=0.77), LABELS, SAYS, 0.5, learned) == [None]  # naming says "tripod" instead
+    (stand_in,) = targets(_probs(tripod=0.77), LABELS, SAYS, 0.5, learned, name_novel=False)
+    assert stand_in.words == ("dog", "dogs")
+    (unsure,) = targets(_probs(tripod=0.6), LABELS, SAYS, 0.5, learned)  # under naming's 0.7: the learned word
+    assert unsure.words == ("dog", "dogs")
+    assert targets(_probs(lion=0.9), LABELS, SAYS, 0.5) == [None]  # nothing to say it with
+
+
+def test_the_threshold_is_a_probability_and_zero_turns_it_off_on_the_command_line():
+    from captioning.cli import build_parser
+
+    args = build_parser().parse_args(["caption", "x.jpg"])
+    assert args.constrain == DecodeConfig().constrain > 0
+    assert build_parser().parse_args(["caption", "--no-constrain", "x.jpg"]).constrain == 0.0
+    assert build_parser().parse_args(["caption", "x.jpg", "--constrain"]).constrain == DecodeConfig().constrain
+    assert build_parser().parse_args(["caption", "--constrain", "0.3", "x.jpg"]).constrain == 0.3

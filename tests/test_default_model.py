@@ -94,3 +94,33 @@ def test_the_card_header_lists_the_held_out_split_beside_val_when_it_was_scored(
     head = header(path)
     assert head.count("- task:") == 2 and "split: 'train, held out (300 images)'" in head
     assert "name: CIDEr, value: 0.7123" in head and "name: CIDEr, value: 0.7500" in head
+
+
+RACKET = REPO / "captioning" / "sample" / "val" / "000000177065.jpg"  # tennis players; the encoder: racket 0.72
+
+
+def test_the_caption_says_what_the_encoder_is_sure_of_and_says_so(captioner, monkeypatch, tmp_path):
+    from app_fixtures import open_page, point_app, text
+
+    from captioning.batch import record
+
+    image = load_image(RACKET)
+    plain = captioner.caption([image], DecodeConfig(constrain=0.0))[0]
+    sure = captioner.caption([image])[0]
+    assert "racket" not in plain.words and plain.required is None, plain.text
+    assert "racket" in sure.words, sure.text
+    assert sure.required.noun == "racket" and sure.required.prob >= DecodeConfig().constrain
+    assert record("x.jpg", sure)["required"] == {
+        "noun": "racket",
+        "prob": sure.required.prob,
+        "words": ["racket", "rackets"],
+    }
+
+    point_app(monkeypatch, tmp_path, checkpoint=DEFAULT_CHECKPOINT)
+    at = open_page("home", timeout=120)
+    at.file_uploader[0].set_value(("tennis.jpg", RACKET.read_bytes(), "image/jpeg")).run()
+    assert not at.exception
+    shown = text(at)
+    assert sure.text in shown and "Constrained to say one of *racket, rackets*" in shown
+    next(c for c in at.sidebar.checkbox if c.label == "Say what the encoder is sure of").uncheck().run()
+    assert plain.text in text(at) and "Constrained to say" not in text(at)

@@ -64,6 +64,7 @@ def test_one_good_and_one_bad_image_in_one_request(server, tiny_coco):
     assert third["file"] == "icon.png" and "tiny (16x16 pixels)" in third["unsure"]
     assert first["file"] == "good.jpg" and len(first["generated_text"].split()) >= 3
     assert first["words"] and len(first["alternatives"]) == DecodeConfig().beam_size
+    assert "named" in first and "required" in first  # null, or what naming and constrained decoding did
     assert second["file"] == "bad.jpg" and second["status"] == 400 and "\n" not in second["error"]
     only_bad = httpx.post(f"{server}/caption", files=files[1:2], timeout=60)
     assert only_bad.status_code == 400 and "generated_text" not in only_bad.json()[0]
@@ -81,6 +82,8 @@ def test_too_large_uploads_and_bad_options_are_4xx_with_one_line(server):
     image = [("image", ("x.jpg", b"123", "image/jpeg"))]
     assert httpx.post(f"{server}/caption", files=image, data={"beam_size": "500"}, timeout=60).status_code == 422
     assert httpx.post(f"{server}/caption", files=image, data={"method": "magic"}, timeout=60).status_code == 422
+    refused = httpx.post(f"{server}/caption", files=image, data={"constrain": "2"}, timeout=60)
+    assert refused.status_code == 422 and "constrain is a probability threshold" in refused.text
 
 
 def test_health_models_and_docs(server):
