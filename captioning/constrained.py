@@ -6,19 +6,20 @@ Each image keeps two beams of k hypotheses: those that have not said a target wo
 that have (group 1). A group-0 hypothesis extended by a target word moves to group 1; only group 1 may end, so
 every finished caption holds a target. Both groups advance together: a caption that says "cat" early competes
 with one that says it late, which a bonus on the word (`guidance`, the soft version) cannot arrange. An image
-whose constraint cannot be met within the maximum length gets its unconstrained captions (`beam_search`).
+whose constraint cannot be met within the maximum length keeps its unconstrained captions (`meet`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from captioning import repeats
 from captioning.config import DecodeConfig
-from captioning.decoding import Hypothesis, _allowed, _hypothesis, _reorder, beam_search
+from captioning.decoding import Hypothesis, _allowed, _hypothesis, _reorder
 from captioning.naming import THRESHOLD as NAMING_THRESHOLD
 from captioning.naming import class_nouns
 from captioning.vocab import Vocabulary
@@ -58,10 +59,7 @@ def targets(
       one. The learned words of a class whose noun can be said are not used: they hold the scene as well as the
       subject (analog clock -> clock, atop, building), and "building" is no way to say "clock".
     """
-    nouns = class_nouns(labels)
-    group_of = {noun: g for g, noun in enumerate(dict.fromkeys(nouns))}
-    groups = torch.tensor([group_of[n] if n else len(group_of) + c for c, n in enumerate(nouns)])
-    names = list(group_of) + [""] * len(nouns)
+    groups, names = _noun_groups(labels)
     probs = probs.float().cpu()
     mass = torch.zeros(probs.size(0), len(names)).index_add_(1, groups, probs)
     out: list[Target | None] = []
@@ -78,6 +76,16 @@ def targets(
         found = float(p) >= threshold and ids
         out.append(Target(noun or labels[top], float(p), tuple(vocab.itos[i] for i in ids), ids) if found else None)
     return out
+
+
+@functools.cache
+def _noun_groups(labels: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
+    """Each class's group index (classes with the same noun share one; a class without a one-word noun is alone)
+    and each group's noun ("" for the lone ones)."""
+    nouns = class_nouns(labels)
+    group_of = {noun: g for g, noun in enumerate(dict.fromkeys(nouns))}
+    groups = torch.tensor([group_of[n] if n else len(group_of) + c for c, n in enumerate(nouns)])
+    return groups, list(group_of) + [""] * len(nouns)
 
 
 def _sayable(noun: str, vocab: Vocabulary) -> bool:
@@ -117,9 +125,11 @@ def meet(
     if not unmet:
         return found
     index = torch.tensor(unmet, device=feats.device)
+    searched = constrained_beam_search(decoder, feats.index_select(0, index), vocab, cfg, [targets[b] for b in unmet])
     out = list(found)
-    for b, hyps in zip(unmet, _search(decoder, feats.index_select(0, index), vocab, cfg, [targets[b] for b in unmet])):
-        out[b] = hyps or found[b]  # no caption could say it within the maximum length: the plain ones
+    for b, hyps in zip(unmet, searched, strict=True):
+        if hyps:  # else no caption could say it within the maximum length: the plain ones stay
+            out[b] = [replace(h, constrained=True) for h in hyps]
     return out
 
 
@@ -127,27 +137,9 @@ def meet(
 def constrained_beam_search(
     decoder: nn.Module, feats: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig, targets: list[list[int]]
 ) -> list[list[Hypothesis]]:
-    """Captions per image, best first, each holding one of its `targets` word ids; an image without targets
-    (or whose targets no caption reached) is decoded by plain beam search."""
-    out: list[list[Hypothesis] | None] = [None] * feats.size(0)
-    bound = [b for b, t in enumerate(targets) if t]
-    if bound:
-        index = torch.tensor(bound, device=feats.device)
-        found = _search(decoder, feats.index_select(0, index), vocab, cfg, [targets[b] for b in bound])
-        for b, hyps in zip(bound, found, strict=True):
-            out[b] = hyps or None
-    rest = [b for b, hyps in enumerate(out) if hyps is None]
-    if rest:
-        plain = beam_search(decoder, feats.index_select(0, torch.tensor(rest, device=feats.device)), vocab, cfg)
-        for b, hyps in zip(rest, plain, strict=True):
-            out[b] = hyps
-    return out  # type: ignore[return-value]
-
-
-def _search(
-    decoder: nn.Module, feats: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig, targets: list[list[int]]
-) -> list[list[Hypothesis]]:
-    """Rows b*2k + j hold group 0's beam j of image b, rows b*2k + k + j group 1's."""
+    """Captions per image, best first, each holding one of its `targets` word ids ([] for an image whose targets
+    no caption reached within the maximum length). Rows b*2k + j hold group 0's beam j of image b, rows
+    b*2k + k + j group 1's."""
     B, dev, max_len = feats.size(0), feats.device, cfg.max_len
     k = cfg.beam_size if cfg.method == "beam" else 1
     classes = repeats.word_classes(vocab) if cfg.block_repeats else None

@@ -27,6 +27,7 @@ class Hypothesis:
     score: float  # logprob / len(ids) ** length_penalty, what beams are ranked by
     word_probs: list[float]
     attention: list[torch.Tensor] | None = field(default=None, repr=False)  # one (N,) per id
+    constrained: bool = False  # found by constrained beam search, where plain decoding missed the target
 
 
 def decode(

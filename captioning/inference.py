@@ -49,7 +49,7 @@ class Caption:
     named: tuple[str, float] | None = None  # the ImageNet class that named the subject (`naming`), its probability
     named_at: int | None = None  # the index in `words` of the named noun, whose probability is the class's
     cut: bool = False  # the caption reached the maximum length, where decoding makes it end
-    required: constrained.Target | None = None  # what constrained decoding made it say (`constrained.targets`)
+    required: constrained.Target | None = None  # what constrained decoding made it say, where plain decoding did not
     doubts: list[str] = field(default_factory=list)  # why not to trust it, in plain words (`doubt`); [] when none
 
     @property
@@ -212,7 +212,8 @@ class Captioner:
         caps = [replace(c, cut=len(c.words) >= decoding.max_len) for c in caps]  # the decoder was made to end
         if decoding.name_novel and probs is not None:
             caps = [self._name_novel(c, p) for c, p in zip(caps, probs.tolist(), strict=True)]
-        caps = [replace(c, required=t) if t and set(t.words) & set(c.words) else c for c, t in zip(caps, needs)]
+        caps = [replace(c, required=t) if t and hyps[0].constrained and set(t.words) & set(c.words) else c
+                for c, t, hyps in zip(caps, needs, groups, strict=True)]  # fmt: skip
         return [self._doubt(c, None if pixels is None else pixels[i], sizes[i] if sizes else None)
                 for i, c in enumerate(caps)]  # fmt: skip
 

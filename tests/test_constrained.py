@@ -57,6 +57,10 @@ def test_images_without_a_target_get_exactly_the_plain_beam_search():
     assert [h.text for h in mixed[0]] == [h.text for h in plain[0]]
     assert [h.text for h in mixed[2]] == [h.text for h in plain[2]]
     assert "cat" in mixed[1][0].text.split()
+    assert not mixed[0][0].constrained and mixed[1][0].constrained == (VOCAB.stoi["cat"] not in plain[1][0].ids)
+    said = plain[2][0].ids[1]  # a word the plain best caption already says: it stays as it was, not marked
+    kept = decode(model.decoder, feats, VOCAB, cfg, constraint=[[], [], [said]])
+    assert [h.text for h in kept[2]] == [h.text for h in plain[2]] and not kept[2][0].constrained
     assert [[h.text for h in g] for g in unconstrained] == [[h.text for h in g] for g in plain]
 
 

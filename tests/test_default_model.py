@@ -110,6 +110,9 @@ def test_the_caption_says_what_the_encoder_is_sure_of_and_says_so(captioner, mon
     assert "racket" not in plain.words and plain.required is None, plain.text
     assert "racket" in sure.words, sure.text
     assert sure.required.noun == "racket" and sure.required.prob >= DecodeConfig().constrain
+    dog = load_image(REPO / "captioning" / "sample" / "train" / "000000579321.jpg")  # a terrier, 0.74 as "dog"
+    said, unprompted = captioner.caption([dog])[0], captioner.caption([dog], DecodeConfig(constrain=0.0))[0]
+    assert "dog" in unprompted.words and said.text == unprompted.text and said.required is None  # left alone
     assert record("x.jpg", sure)["required"] == {
         "noun": "racket",
         "prob": sure.required.prob,
